@@ -1,0 +1,93 @@
+"""The `critstep` command line: trajectories in → selector → selected steps → tuner → adapter."""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from critstep import __version__
+from critstep.errors import CritstepError, InputError
+from critstep.formats import FORMATS, read_trajectories
+
+FORMAT_OPTION = click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default=None, help="Input format (default: detected per record)."
+)
+
+
+class CritstepGroup(click.Group):
+    """Turns library errors into one clear line and a non-zero exit, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CritstepError as e:
+            click.secho(f"Error: {e}", fg="red", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=CritstepGroup)
+@click.version_option(__version__, prog_name="critstep")
+def cli() -> None:
+    """Select the critical steps of agent trajectories and finetune on them (ATLaS-style)."""
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@FORMAT_OPTION
+def validate(path: Path, fmt: str | None) -> None:
+    """Read PATH, print counts per env, and list every problem (exit 1 if any)."""
+    problems: list[InputError] = []
+    trajectories = read_trajectories(path, fmt, on_error=problems.append)
+    stats: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for t in trajectories:
+        row = stats[t.env]
+        row[0] += 1
+        row[1] += t.n_steps
+        row[2] += t.context_chars()
+        row[3] += t.step_chars()
+    header = f"{'env':<16}{'trajectories':>14}{'steps':>10}{'context chars':>16}{'step chars':>14}"
+    click.echo(header)
+    click.echo("-" * len(header))
+    for env in sorted(stats):
+        n, s, c, a = stats[env]
+        click.echo(f"{env:<16}{n:>14,}{s:>10,}{c:>16,}{a:>14,}")
+    total = [sum(r[i] for r in stats.values()) for i in range(4)]
+    click.echo("-" * len(header))
+    click.echo(f"{'total':<16}{total[0]:>14,}{total[1]:>10,}{total[2]:>16,}{total[3]:>14,}")
+    formats = sorted({t.origin.format for t in trajectories if t.origin})
+    click.echo(f"format: {', '.join(formats) or '-'}")
+    if problems:
+        click.secho(f"{len(problems)} problem(s):", fg="red", err=True)
+        for p in problems:
+            click.echo(f"  {p}", err=True)
+        sys.exit(1)
+    click.echo("no problems")
+
+
+@cli.group()
+def models() -> None:
+    """Built-in offline models (minilm, smollm2-135m)."""
+
+
+@models.command("export")
+@click.argument("ref")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to write safetensors + tokenizer to.")
+def models_export(ref: str, out: Path) -> None:
+    """Save causal LM REF (e.g. smollm2-135m from its GGUF) as ordinary safetensors."""
+    from critstep.models import export_causal_lm
+
+    click.echo(f"wrote {export_causal_lm(ref, out)}")
+
+
+def _register() -> None:
+    from critstep.commands import compare, demo, distill, evaluate, label, merge, select, tune
+
+    for module in (label, distill, select, evaluate, tune, merge, compare, demo):
+        cli.add_command(module.command)
+
+
+_register()

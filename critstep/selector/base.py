@@ -1,0 +1,33 @@
+"""The one interface every selector implements, and the top-k rule they share."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+
+from critstep.selection import DEFAULT_RATIO, Selection, step_cap
+from critstep.trajectory import Trajectory
+
+
+class Selector(ABC):
+    """Chooses the critical steps of each trajectory.
+
+    `select` returns one `Selection` per trajectory id, never more than `step_cap(n, ratio)` steps.
+    Selectors that score steps put the scores in `Selection.scores` (one per step, higher = more
+    critical) so evaluation can compute threshold-free metrics.
+    """
+
+    name: str = "selector"
+
+    @abstractmethod
+    def select(self, trajectories: Sequence[Trajectory], ratio: float = DEFAULT_RATIO) -> dict[str, Selection]: ...
+
+
+def top_k(scores: Sequence[float] | np.ndarray, ratio: float = DEFAULT_RATIO) -> list[int]:
+    """The indices of the `step_cap` highest scores; ties go to the earlier step (stable)."""
+    scores = np.asarray(scores, dtype=float)
+    k = step_cap(len(scores), ratio)
+    order = np.argsort(-scores, kind="stable")[:k]
+    return sorted(int(i) for i in order)
