@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +26,12 @@ class Record:
     key: str | None = None
 
 
-def read_records(path: str | Path) -> list[Record]:
+def read_records(path: str | Path, on_error: Callable[[InputError], None] | None = None) -> list[Record]:
     """Read JSONL, a JSON array, or a single JSON object, each value with its line number.
 
     A single object is returned whole: only the format reader knows whether it is one record or
-    a mapping of named records (see `expand_object`).
+    a mapping of named records (see `expand_object`). With `on_error`, malformed JSONL lines are
+    handed over and skipped instead of raised (a broken array cannot be resynchronised).
     """
     path = Path(path)
     try:
@@ -52,7 +53,7 @@ def read_records(path: str | Path) -> list[Record]:
                 raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
         else:
             return [Record(value, _line_of(text, len(text) - len(stripped)))]
-    return list(_scan_jsonl(text, path))
+    return list(_scan_jsonl(text, path, on_error))
 
 
 def expand_object(path: str | Path) -> list[Record]:
@@ -66,14 +67,17 @@ def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
-def _scan_jsonl(text: str, path: Path) -> Iterator[Record]:
+def _scan_jsonl(text: str, path: Path, on_error: Callable[[InputError], None] | None) -> Iterator[Record]:
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             yield Record(json.loads(line), lineno)
         except json.JSONDecodeError as e:
-            raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", path, lineno) from None
+            error = InputError(f"malformed JSON: {e.msg} (column {e.colno})", path, lineno)
+            if on_error is None:
+                raise error from None
+            on_error(error)
 
 
 def _scan_container(text: str, path: Path, start: int) -> Iterator[Record]:

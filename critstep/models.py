@@ -49,7 +49,7 @@ def load_sentence_model(ref: str = DEFAULT_SENTENCE_MODEL, device: str | None = 
     path = sentence_model_path(ref)
     try:
         return SentenceTransformer(path, device=device, trust_remote_code=False)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ModelError(f"cannot load sentence model {ref!r} from {path}: {e}") from None
 
 
@@ -101,7 +101,7 @@ def load_tokenizer(ref: str, trust_remote_code: bool = False) -> Any:
     path = causal_lm_path(ref)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ModelError(f"cannot load tokenizer {ref!r} from {path}: {e}") from None
 
 
@@ -118,7 +118,7 @@ def load_causal_lm(
     path = causal_lm_path(ref)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ModelError(f"cannot load causal LM {ref!r} from {path}: {e}") from None
     if "device_map" not in kwargs and "quantization_config" not in kwargs:
         model.to(device or default_device())

@@ -9,6 +9,7 @@ object of named records. Detection looks at each record; `format=` overrides it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -41,7 +42,7 @@ def read_trajectories(path: str | Path, format: str | None = None, on_error: Err
     """
     if format is not None and format not in READERS:
         raise InputError(f"unknown format {format!r} (known: {', '.join(FORMATS)})", path)
-    records = _records(path, format)
+    records = _records(path, format, on_error)
     out: list[Trajectory] = []
     seen: dict[str, int] = {}
     for n, rec in enumerate(records):
@@ -60,8 +61,8 @@ def read_trajectories(path: str | Path, format: str | None = None, on_error: Err
     return out
 
 
-def _records(path: str | Path, format: str | None) -> list[Record]:
-    records = read_records(path)
+def _records(path: str | Path, format: str | None, on_error: ErrorHandler | None) -> list[Record]:
+    records = read_records(path, on_error)
     if len(records) == 1 and isinstance(records[0].value, dict):
         only = records[0].value
         fmt = format or detect_format(only)
@@ -103,13 +104,23 @@ def message_flags(trajectory: Trajectory, steps: Sequence[int]) -> list[bool]:
     return [i in step_of and step_of[i] in chosen for i in range(len(trajectory.messages))]
 
 
+SELECTION_KEYS = ("critical_steps", "step_scores")
+
+
 def render_record(trajectory: Trajectory, selection: Selection | None = None, format: str | None = None) -> dict[str, Any]:
-    """The record to write: in the trajectory's own format where writable, else OpenAI."""
+    """The record to write: in the trajectory's own format where writable, else OpenAI.
+
+    The selection keys always come last, so writing what was read reproduces the file.
+    """
     fmt = format or (trajectory.origin.format if trajectory.origin else "openai")
     writer = WRITERS.get(fmt, openai)
+    metadata = {k: v for k, v in trajectory.metadata.items() if k not in SELECTION_KEYS}
+    plain = replace(trajectory, metadata=metadata)
     if selection is None:
-        return writer.render(trajectory, None)
-    record = writer.render(trajectory, message_flags(trajectory, selection.steps))
+        record = writer.render(plain, None)
+        record.update({k: trajectory.metadata[k] for k in SELECTION_KEYS if k in trajectory.metadata})
+        return record
+    record = writer.render(plain, message_flags(trajectory, selection.steps))
     record["critical_steps"] = list(selection.steps)
     if selection.scores is not None:
         record["step_scores"] = [round(float(s), 6) for s in selection.scores]

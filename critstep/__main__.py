@@ -1,0 +1,3 @@
+from critstep.cli import cli
+
+cli()
