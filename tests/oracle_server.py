@@ -1,0 +1,254 @@
+"""A fake OpenAI API on 127.0.0.1 for tests: chat completions, files and batches.
+
+Drive the real `openai` client and the real CLI against it. Reuse it from any test module:
+
+    from oracle_server import Reply, oracle_server_fixture  # noqa: F401  (provides the `oracle_server` fixture)
+
+    def test_x(oracle_server):
+        oracle_server.queue(Reply(status=429, headers={"Retry-After": "0"}))  # next request: a 429
+        ... OracleConfig(base_url=oracle_server.url, api_key="k") ...
+        assert oracle_server.count() == 2
+
+Chat requests take the queued `Reply`s first, in order, then the `answerer` (default: the first
+`cap` steps, read from the prompt), which also answers Batch API requests.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+CHAT = "/v1/chat/completions"
+
+
+@dataclass
+class Reply:
+    """One scripted reply to a chat request: an answer object, raw content, a refusal or an error."""
+
+    status: int = 200
+    answer: dict[str, Any] | None = None
+    content: str | None = None
+    refusal: str | None = None
+    error: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+def prompt_shape(body: dict[str, Any]) -> tuple[int, int]:
+    """(steps, cap) as the oracle prompt states them: counts `<step index=` tags, reads 'at most N'."""
+    user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    n = len(re.findall(r'<step index="\d+">', user))
+    cap = int(re.findall(r"at most (\d+)", body["messages"][-1]["content"])[0])
+    return n, cap
+
+
+def default_answer(body: dict[str, Any]) -> dict[str, Any]:
+    """A valid answer: the first `cap` steps, the first one as plan_creation."""
+    n, cap = prompt_shape(body)
+    critical = [{"step": i, "category": "plan_creation" if i == 0 else "critical_action", "reason": f"step {i} matters"} for i in range(min(cap, n))]
+    return {"plan": "Do the task.", "critical": critical}
+
+
+def sample_trajectories(n: int, steps: int = 10, env: str = "alfworld") -> list[dict[str, Any]]:
+    """`n` distinct OpenAI-format trajectory records of `steps` steps each (JSONL-ready)."""
+    records = []
+    for i in range(n):
+        messages = [{"role": "system", "content": "Solve the household task."}, {"role": "user", "content": f"Your task is to: put object {i} in place."}]
+        for k in range(steps):
+            messages.append({"role": "assistant", "content": f"go to place {k} looking for object {i}"})
+            messages.append({"role": "user", "content": f"You arrive at place {k}. Nothing happens."})
+        records.append({"id": f"traj-{i}", "env": env, "messages": messages})
+    return records
+
+
+class FakeOpenAI:
+    """The server. `requests` logs (method, path, body, lower-cased headers) of every request, in order."""
+
+    def __init__(self, json_schema: bool = True, json_object: bool = True, batch_polls: int = 1):
+        self.json_schema = json_schema
+        self.json_object = json_object
+        self.batch_polls = batch_polls
+        self.delay = 0.0  # seconds before every chat answer that has no delay of its own
+        self.answerer: Callable[[dict[str, Any]], dict[str, Any]] = default_answer
+        self.replies: deque[Reply] = deque()
+        self.requests: list[tuple[str, str, Any, dict[str, str]]] = []
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def start(self) -> FakeOpenAI:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def queue(self, *replies: Reply) -> None:
+        with self.lock:
+            self.replies.extend(replies)
+
+    def count(self, path: str = CHAT, method: str = "POST") -> int:
+        with self.lock:
+            return sum(1 for m, p, _, _ in self.requests if p == path and m == method)
+
+    def bodies(self, path: str = CHAT) -> list[Any]:
+        with self.lock:
+            return [b for _, p, b, _ in self.requests if p == path]
+
+    # --- endpoints -------------------------------------------------------------------------
+    def chat(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str], float]:
+        fmt = (body.get("response_format") or {}).get("type")
+        if (fmt == "json_schema" and not self.json_schema) or (fmt == "json_object" and not self.json_object):
+            return 400, _error(f"response_format type {fmt} is not supported by this server", "invalid_request_error"), {}, 0.0
+        with self.lock:
+            reply = self.replies.popleft() if self.replies else Reply(delay=self.delay)
+        if reply.status != 200:
+            return reply.status, reply.error or _error(f"scripted HTTP {reply.status}", "server_error"), reply.headers, reply.delay
+        content = reply.content
+        if content is None and reply.refusal is None:
+            content = json.dumps(reply.answer if reply.answer is not None else self.answerer(body))
+        return 200, completion(body, content, reply.refusal), reply.headers, reply.delay
+
+    def upload(self, content_type: str, raw: bytes) -> dict[str, Any]:
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+        parts = {part.get_param("name", header="content-disposition"): part for part in message.iter_parts()}
+        data = parts["file"].get_payload(decode=True)
+        with self.lock:
+            file_id = f"file-{len(self.files) + 1}"
+            self.files[file_id] = data
+        return _file(file_id, len(data), parts["purpose"].get_content().strip())
+
+    def create_batch(self, body: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            batch_id = f"batch_{len(self.batches) + 1}"
+            self.batches[batch_id] = {"input_file_id": body["input_file_id"], "endpoint": body["endpoint"], "polls": 0, "output_file_id": None}
+        return self.batch_object(batch_id)
+
+    def poll_batch(self, batch_id: str) -> dict[str, Any]:
+        with self.lock:
+            batch = self.batches[batch_id]
+            batch["polls"] += 1
+            ready = batch["polls"] >= self.batch_polls and batch["output_file_id"] is None
+            lines = self.files[batch["input_file_id"]].decode().splitlines()
+        if ready:
+            out = []
+            for line in lines:
+                req = json.loads(line)
+                body = completion(req["body"], json.dumps(self.answerer(req["body"])), None)
+                out.append(json.dumps({"id": f"req-{req['custom_id'][:8]}", "custom_id": req["custom_id"], "response": {"status_code": 200, "body": body}, "error": None}))
+            with self.lock:
+                file_id = f"file-{len(self.files) + 1}"
+                self.files[file_id] = ("\n".join(out) + "\n").encode()
+                batch["output_file_id"] = file_id
+        return self.batch_object(batch_id)
+
+    def batch_object(self, batch_id: str) -> dict[str, Any]:
+        with self.lock:
+            b = self.batches[batch_id]
+            n = len(self.files[b["input_file_id"]].decode().splitlines())
+            done = b["output_file_id"] is not None
+            return {
+                "id": batch_id, "object": "batch", "endpoint": b["endpoint"], "input_file_id": b["input_file_id"],
+                "completion_window": "24h", "created_at": int(time.time()), "status": "completed" if done else "in_progress",
+                "output_file_id": b["output_file_id"], "error_file_id": None,
+                "request_counts": {"total": n, "completed": n if done else 0, "failed": 0},
+            }  # fmt: skip
+
+
+def completion(body: dict[str, Any], content: str | None, refusal: str | None) -> dict[str, Any]:
+    prompt_chars = sum(len(str(m.get("content") or "")) for m in body["messages"])
+    completion_tokens = len(content or refusal or "") // 4 + 1
+    return {
+        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content, "refusal": refusal}}],
+        "usage": {"prompt_tokens": prompt_chars // 4 + 1, "completion_tokens": completion_tokens, "total_tokens": prompt_chars // 4 + 1 + completion_tokens},
+    }  # fmt: skip
+
+
+def _error(message: str, kind: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "code": code, "param": None}}
+
+
+def _file(file_id: str, size: int, purpose: str) -> dict[str, Any]:
+    return {"id": file_id, "object": "file", "bytes": size, "created_at": int(time.time()), "filename": "requests.jsonl", "purpose": purpose, "status": "processed"}
+
+
+def _handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:  # keep test output clean
+            pass
+
+        def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None, raw: bytes | None = None) -> None:
+            data = raw if raw is not None else json.dumps(payload).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/octet-stream" if raw is not None else "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (a time-out test)
+
+        def _log(self, body: Any) -> None:
+            with server.lock:
+                server.requests.append((self.command, self.path, body, {k.lower(): v for k, v in self.headers.items()}))
+
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path == "/v1/files":
+                self._log(None)
+                self._send(200, server.upload(self.headers["Content-Type"], raw))
+                return
+            body = json.loads(raw)
+            self._log(body)
+            if self.path == CHAT:
+                status, payload, headers, delay = server.chat(body)
+                if delay:
+                    time.sleep(delay)
+                self._send(status, payload, headers)
+            elif self.path == "/v1/batches":
+                self._send(200, server.create_batch(body))
+            else:
+                self._send(404, _error(f"no route {self.path}", "invalid_request_error"))
+
+        def do_GET(self) -> None:
+            self._log(None)
+            if m := re.fullmatch(r"/v1/batches/([\w-]+)", self.path):
+                self._send(200, server.poll_batch(m.group(1)))
+            elif m := re.fullmatch(r"/v1/files/([\w-]+)/content", self.path):
+                self._send(200, None, raw=server.files[m.group(1)])
+            else:
+                self._send(404, _error(f"no route {self.path}", "invalid_request_error"))
+
+    return Handler
+
+
+@pytest.fixture(name="oracle_server")
+def oracle_server_fixture() -> Iterator[FakeOpenAI]:
+    """A started `FakeOpenAI`, stopped after the test."""
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
