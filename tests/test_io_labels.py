@@ -89,3 +89,14 @@ def test_failed_labels_are_skipped_unless_asked(tmp_path: Path) -> None:
     p.write_text('{"id": "a", "n_steps": 2, "critical": []}\n{"id": "b", "n_steps": 2, "critical": [], "status": "failed", "error": "refusal"}\n')
     assert list(read_labels(p)) == ["a"]
     assert read_labels(p, include_failed=True)["b"].error == "refusal"
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+
+    target = tmp_path / "report.json"
+    with atomic_write(target) as f:
+        f.write("{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
