@@ -1,0 +1,63 @@
+"""Fold a LoRA adapter into its base model's weights, for serving without peft.
+
+The base is reloaded unquantized (merging into 4-bit weights would round the update away) in its
+stored dtype, the adapter applied and merged, and the result written atomically with the tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from critstep.errors import InputError, ModelError
+from critstep.models import causal_lm_path
+from critstep.tuner.train import CONFIG_FILE
+
+
+def base_model_ref(adapter_dir: Path) -> str:
+    """The base model: the tune run's `model` (a built-in name resolves offline), else peft's record."""
+    config_file = adapter_dir / CONFIG_FILE
+    if config_file.exists():
+        model = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}).get("model")
+        if model:
+            return str(model)
+    try:
+        return str(json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"])
+    except (FileNotFoundError, KeyError, json.JSONDecodeError):
+        raise InputError("not a PEFT adapter directory (no usable adapter_config.json)", adapter_dir) from None
+
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str | None = None) -> Path:
+    """Write base + adapter merged into `out_dir` (safetensors, config, tokenizer); returns it."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = Path(adapter_dir)
+    if not (adapter / "adapter_config.json").exists():
+        raise InputError("not a PEFT adapter directory (no adapter_config.json)", adapter)
+    ref = base_model or base_model_ref(adapter)
+    path = causal_lm_path(ref)
+    try:
+        base = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+    except OSError as e:
+        raise ModelError(f"cannot load base model {ref!r} from {path}: {e}") from None
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter))
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
