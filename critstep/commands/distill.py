@@ -1,13 +1,84 @@
-"""`critstep distill`."""
+"""`critstep distill`: train the distilled selector on teacher labels."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
-from critstep.errors import CritstepError
+from critstep.cli import FORMAT_OPTION
+from critstep.commands._features import cache_arg, feature_config, feature_options
+from critstep.errors import ConfigError
 
 
-@click.command("distill", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """Train the distilled selector on oracle labels. (not built yet: issue 4)"""
-    raise CritstepError("'critstep distill' is not built yet (issue 4)")
+@click.command("distill")
+@click.argument("traj", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="Teacher labels (seed_labels.jsonl schema).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model directory to write.")
+@FORMAT_OPTION
+@feature_options
+@click.option("--classifier", type=click.Choice(["hgb", "logreg"]), default="hgb", show_default=True, help="Gradient boosting or logistic regression.")
+@click.option("--folds", type=click.IntRange(min=0), default=5, show_default=True, help="Grouped cross-validation folds (0: skip CV).")
+@click.option("--ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.3, show_default=True, help="Per-trajectory cap used for CV and the threshold.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--suggest", "suggest_n", type=click.IntRange(min=1), help="Then list the N unlabeled trajectories of TRAJ most worth labeling next.")
+@click.option("--out-suggest", type=click.Path(dir_okay=False, path_type=Path), help="JSONL file for --suggest (rank, id, score, reason).")
+def command(
+    traj: Path,
+    labels_path: Path,
+    out: Path,
+    fmt: str | None,
+    embedder: str | None,
+    lm: str | None,
+    groups: str | None,
+    max_window_tokens: int | None,
+    dtype: str | None,
+    device: str | None,
+    cache_dir: str | None,
+    no_cache: bool,
+    classifier: str,
+    folds: int,
+    ratio: float,
+    seed: int,
+    as_json: bool,
+    suggest_n: int | None,
+    out_suggest: Path | None,
+) -> None:
+    """Train on the labeled trajectories of TRAJ and report grouped k-fold CV by trajectory.
+
+    Example: critstep distill corpus.jsonl --labels seed_labels.jsonl --out models/distilled
+    """
+    from critstep.distill.metrics import format_report
+    from critstep.distill.train import train_distilled
+    from critstep.formats import read_trajectories
+    from critstep.labels import read_labels
+
+    if (suggest_n is None) != (out_suggest is None):
+        raise ConfigError("--suggest N and --out-suggest FILE go together")
+    trajectories = read_trajectories(traj, fmt)
+    labels = read_labels(labels_path, trajectories)
+    config = feature_config(embedder, lm, groups, max_window_tokens, dtype)
+    click.echo(f"{len(labels)} labeled trajectories; features: {', '.join(config.groups)}", err=True)
+    report = train_distilled(
+        trajectories, labels, out, features=config, classifier=classifier, folds=folds, ratio=ratio,
+        device=device, cache=cache_arg(cache_dir, no_cache), seed=seed,
+    )
+    report.pop("model")
+    if suggest_n is not None and out_suggest is not None:
+        from critstep.distill.active import suggest_with_model, write_suggestions
+
+        picks = suggest_with_model(report["out_dir"], trajectories, labels, suggest_n, ratio, device, cache_arg(cache_dir, no_cache))
+        write_suggestions(out_suggest, picks)
+        click.echo(f"{len(picks)} trajectories to label next written to {out_suggest}", err=True)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    cv = report.get("cv")
+    if cv:
+        for mode in ("ratio", "threshold"):
+            click.echo(f"== {cv['folds']}-fold CV by trajectory, {mode} mode ==")
+            click.echo(format_report(cv[mode]))
+    click.echo(f"threshold {report['threshold']:.2f}; model saved to {report['out_dir']}")
+

@@ -1,13 +1,82 @@
-"""`critstep select`."""
+"""`critstep select`: choose critical steps with any selector and write them back as flags."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from critstep.errors import CritstepError
+from critstep.cli import FORMAT_OPTION
+from critstep.commands._features import cache_arg, feature_options
+from critstep.errors import ConfigError
+
+# The oracle and the cascade need API settings and budgets: `critstep label` and `critstep compare` run them.
+SELECTOR_NAMES = ["distilled", "all", "random", "perplexity"]
 
 
-@click.command("select", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """Select critical steps with any selector and write them back with per-message flags. (not built yet: issue 4)"""
-    raise CritstepError("'critstep select' is not built yet (issue 4)")
+@click.command("select")
+@click.argument("traj", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--selector", "name", type=click.Choice(SELECTOR_NAMES), default="distilled", show_default=True)
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None, help="Distilled model directory (from `critstep distill`).")
+@click.option("--ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.3, show_default=True, help="At most this share of each trajectory's steps (rounded down, at least 1).")
+@click.option("--threshold", is_flag=True, help="Distilled: keep only steps above the model's tuned threshold (up to the --ratio cap).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random selector.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output JSONL: trajectories with critical_steps, step_scores and per-message flags.")
+@FORMAT_OPTION
+@feature_options
+def command(
+    traj: Path,
+    name: str,
+    model_dir: Path | None,
+    ratio: float,
+    threshold: bool,
+    seed: int,
+    out: Path,
+    fmt: str | None,
+    embedder: str | None,
+    lm: str | None,
+    groups: str | None,
+    max_window_tokens: int | None,
+    dtype: str | None,
+    device: str | None,
+    cache_dir: str | None,
+    no_cache: bool,
+) -> None:
+    """Select the critical steps of every trajectory of TRAJ and write them to OUT.
+
+    \b
+    Examples:
+      critstep select corpus.jsonl --selector distilled --model models/distilled --out selected.jsonl
+      critstep select corpus.jsonl --selector distilled --model models/distilled --threshold --out selected.jsonl
+      critstep select corpus.jsonl --selector random --seed 1 --out random.jsonl
+    """
+    from collections import Counter
+
+    from critstep.formats import read_trajectories, write_trajectories
+    from critstep.selector import build_selector
+
+    cache = cache_arg(cache_dir, no_cache)
+    if threshold and name != "distilled":
+        raise ConfigError("--threshold applies to the distilled selector only")
+    if name == "distilled":
+        if model_dir is None:
+            raise ConfigError("the distilled selector needs --model DIR (train one with `critstep distill`)")
+        if embedder or lm or groups or max_window_tokens or dtype:
+            raise ConfigError("--embedder/--lm/--features/--max-window-tokens/--dtype are fixed by the distilled model; retrain to change them")
+        options = {"model_dir": model_dir, "threshold": threshold, "device": device, "cache": cache}
+    elif name == "perplexity":
+        options = {"device": device, "cache": cache}
+        options |= {k: v for k, v in {"lm": lm, "window_tokens": max_window_tokens, "dtype": dtype}.items() if v is not None}
+    elif name == "random":
+        options = {"seed": seed}
+    else:
+        options = {}
+    selector = build_selector(name, **options)
+    trajectories = read_trajectories(traj, fmt)
+    selections = selector.select(trajectories, ratio=ratio)
+    write_trajectories(out, trajectories, selections)
+    steps = sum(t.n_steps for t in trajectories)
+    chosen = sum(len(s.steps) for s in selections.values())
+    envs = Counter(t.env for t in trajectories)
+    click.echo(f"{name}: selected {chosen:,} of {steps:,} steps ({chosen / max(1, steps):.1%}) in {len(trajectories):,} trajectories "
+               f"({', '.join(f'{e} {n}' for e, n in sorted(envs.items()))}); wrote {out}")

@@ -1,0 +1,50 @@
+"""Labeled step data: trajectories + teacher labels -> (X, y, groups), checked against each other."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from critstep.distill.features import FeatureExtractor, StepIndex
+from critstep.errors import InputError
+from critstep.labels import TrajectoryLabels
+from critstep.trajectory import Trajectory
+
+
+@dataclass
+class StepDataset:
+    """One row per step of the labeled trajectories; `groups` are trajectory ids (for grouped CV)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    index: StepIndex
+    trajectories: list[Trajectory]
+
+
+def labeled_trajectories(trajectories: Sequence[Trajectory], labels: Mapping[str, TrajectoryLabels]) -> list[Trajectory]:
+    """The trajectories that have labels, in trajectory order; labels must match them exactly."""
+    by_id = {t.id: t for t in trajectories}
+    for tid, lab in labels.items():
+        t = by_id.get(tid)
+        if t is None:
+            raise InputError(f"labels for unknown trajectory id {tid!r}")
+        if t.n_steps != lab.n_steps:
+            raise InputError(f"labels say {lab.n_steps} steps but trajectory {tid!r} has {t.n_steps}")
+        bad = [s for s in lab.steps if not 0 <= s < t.n_steps]
+        if bad:
+            raise InputError(f"labels of {tid!r} name steps {bad}, outside 0..{t.n_steps - 1}")
+    return [t for t in trajectories if t.id in labels and t.n_steps > 0]
+
+
+def targets(index: StepIndex, labels: Mapping[str, TrajectoryLabels]) -> np.ndarray:
+    critical = {(tid, s) for tid, lab in labels.items() for s in lab.steps}
+    return np.array([(tid, k) in critical for tid, k in index], dtype=int)
+
+
+def build_dataset(extractor: FeatureExtractor, trajectories: Sequence[Trajectory], labels: Mapping[str, TrajectoryLabels]) -> StepDataset:
+    chosen = labeled_trajectories(trajectories, labels)
+    X, index = extractor.transform(chosen)
+    return StepDataset(X, targets(index, labels), np.array([tid for tid, _ in index]), index, chosen)

@@ -1,0 +1,135 @@
+"""The step classifier: a scikit-learn estimator with calibrated probabilities and a tuned threshold.
+
+`StepClassifier` wraps a histogram gradient-boosting model (or a logistic regression, for
+comparison) and calibrates its scores with Platt scaling fitted on out-of-fold predictions,
+grouped by trajectory so no trajectory informs its own calibration. The same out-of-fold
+probabilities choose `threshold_`, the probability above which threshold-mode selection keeps a
+step (still capped per trajectory), so tuning never sees the data it is scored on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold, KFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.multiclass import unique_labels
+from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
+
+from critstep.selection import DEFAULT_RATIO, step_cap
+
+CLASSIFIERS = ("hgb", "logreg")
+
+
+def make_base(classifier: str, random_state: int = 0) -> BaseEstimator:
+    if classifier == "hgb":
+        return HistGradientBoostingClassifier(
+            learning_rate=0.05,
+            max_iter=250,
+            max_leaf_nodes=15,
+            min_samples_leaf=20,
+            l2_regularization=1.0,
+            max_features=0.3,
+            early_stopping=False,
+            random_state=random_state,
+        )
+    if classifier == "logreg":
+        return make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))
+    raise ValueError(f"unknown classifier {classifier!r} (choose from {', '.join(CLASSIFIERS)})")
+
+
+def select_by_scores(scores: np.ndarray, ratio: float = DEFAULT_RATIO, threshold: float | None = None) -> list[int]:
+    """Top `step_cap` steps; with a threshold, only those at or above it (at least the best one)."""
+    scores = np.asarray(scores, dtype=float)
+    k = step_cap(len(scores), ratio)
+    order = np.argsort(-scores, kind="stable")[:k]
+    if threshold is not None:
+        keep = order[scores[order] >= threshold]
+        order = keep if len(keep) else order[:1]
+    return sorted(int(i) for i in order)
+
+
+def _group_slices(groups: np.ndarray) -> list[np.ndarray]:
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    return [np.flatnonzero(inverse == g) for g in np.argsort(first)]
+
+
+def tune_threshold(proba: np.ndarray, y: np.ndarray, groups: np.ndarray, ratio: float = DEFAULT_RATIO) -> float:
+    """The threshold that maximizes micro F1 of capped threshold-mode selection on (proba, y)."""
+    slices = _group_slices(groups)
+    best, best_f1 = 0.5, -1.0
+    for t in np.round(np.arange(0.05, 0.9, 0.01), 2):
+        tp = fp = 0
+        for idx in slices:
+            chosen = idx[select_by_scores(proba[idx], ratio, float(t))]
+            tp += int(y[chosen].sum())
+            fp += int(len(chosen) - y[chosen].sum())
+        f1 = 2 * tp / (2 * tp + fp + (int(y.sum()) - tp)) if y.sum() else 0.0
+        if f1 > best_f1 + 1e-12:
+            best, best_f1 = float(t), f1
+    return best
+
+
+class StepClassifier(ClassifierMixin, BaseEstimator):
+    """Binary classifier of steps (1 = critical) with Platt-calibrated `predict_proba`.
+
+    Parameters
+    ----------
+    classifier: "hgb" or "logreg".
+    calibration_folds: folds for the out-of-fold scores behind calibration and `threshold_`
+        (grouped by the `groups` passed to `fit`: trajectory ids); 0 or 1 turns both off.
+    ratio: the per-trajectory cap used when tuning `threshold_`.
+    """
+
+    def __init__(self, classifier: str = "hgb", calibration_folds: int = 3, ratio: float = DEFAULT_RATIO, random_state: int = 0):
+        self.classifier = classifier
+        self.calibration_folds = calibration_folds
+        self.ratio = ratio
+        self.random_state = random_state
+
+    def fit(self, X: np.ndarray, y: Sequence[int], groups: Sequence[str] | None = None) -> StepClassifier:
+        X, y = check_X_y(X, y, dtype=np.float64)
+        X = validate_data(self, X, reset=True)
+        self.classes_ = unique_labels(y)
+        if not np.array_equal(self.classes_, [0, 1]):
+            raise ValueError(f"StepClassifier needs both classes 0 and 1 in y, got {self.classes_.tolist()}")
+        groups_arr = np.asarray(groups if groups is not None else np.arange(len(y)))
+        if len(groups_arr) != len(y):
+            raise ValueError(f"groups has {len(groups_arr)} entries for {len(y)} samples")
+        self.calibration_ = (1.0, 0.0)
+        self.threshold_ = 0.5
+        folds = min(self.calibration_folds, len(np.unique(groups_arr)))
+        if folds >= 2:
+            raw = np.zeros(len(y))
+            splitter = GroupKFold(folds) if groups is not None else KFold(folds, shuffle=True, random_state=self.random_state)
+            for train, test in splitter.split(X, y, groups_arr):
+                if len(np.unique(y[train])) < 2:
+                    raw[test] = 0.0
+                    continue
+                raw[test] = make_base(self.classifier, self.random_state).fit(X[train], y[train]).decision_function(X[test])
+            platt = LogisticRegression(C=1e4).fit(raw.reshape(-1, 1), y)
+            self.calibration_ = (float(platt.coef_[0, 0]), float(platt.intercept_[0]))
+            self.threshold_ = tune_threshold(self._calibrate(raw), y, groups_arr, self.ratio)
+        self.estimator_ = make_base(self.classifier, self.random_state).fit(X, y)
+        return self
+
+    def _calibrate(self, raw: np.ndarray) -> np.ndarray:
+        a, b = self.calibration_
+        return 1.0 / (1.0 + np.exp(-(a * raw + b)))
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "estimator_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return self.estimator_.decision_function(X)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = self._calibrate(self.decision_function(X))
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return (self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)

@@ -1,0 +1,141 @@
+"""Feature groups: structural on hand-made trajectories, token features with a tiny random LM
+(one forward pass per window, scores equal to a direct computation), semantic with minilm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from critstep.distill.features import GROUPS, FeatureConfig, FeatureExtractor, parse_groups, structural, token
+from critstep.distill.features.cache import FeatureCache, content_key
+from critstep.errors import ConfigError
+from critstep.trajectory import Message, Trajectory
+
+
+def sciworld_like() -> Trajectory:
+    msgs = [Message("system", "You are an agent."), Message("user", "Task: measure the friction of the brick.")]
+    for i, (act, obs) in enumerate(
+        [("look around", "A room. (score: 0.0)"), ("go to kitchen", "Nothing happens."), ("go to kitchen", "You move. (score: 0.1)"), ("pick up stopwatch", "Done. (score: 0.35)")]
+    ):
+        msgs += [Message("assistant", f"Think: step {i}\n{act}"), Message("user", obs)]
+    return Trajectory("t1", msgs, {"env": "sciworld"})
+
+
+def test_structural_features_by_hand() -> None:
+    x = structural.structural_features(sciworld_like())
+    col = {n: i for i, n in enumerate(structural.NAMES)}
+    assert x.shape == (4, len(structural.NAMES))
+    assert x[:, col["pos_rel"]].tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    assert x[:, col["is_first"]].tolist() == [1, 0, 0, 0] and x[:, col["is_last"]].tolist() == [0, 0, 0, 1]
+    assert x[:, col["fail_after"]].tolist() == [0, 1, 0, 0] and x[:, col["fail_before"]].tolist() == [0, 0, 1, 0]
+    assert x[:, col["score_delta"]].tolist() == pytest.approx([0.0, 0.0, 0.1, 0.25])
+    assert x[:, col["repeat_action"]].tolist() == [0, 0, 1, 0]
+    hashed = x[:, col["action_hash_0"] :]
+    assert (hashed.sum(1) == 1).all() and (hashed[1] == hashed[2]).all()  # one bin per step; same action, same bin
+
+
+def test_structural_handles_tool_calls_and_no_steps() -> None:
+    call = {"id": "c", "type": "function", "function": {"name": "get_user_details", "arguments": "{}"}}
+    t = Trajectory("t", [Message("user", "hi"), Message("assistant", "", tool_calls=[call]), Message("tool", '{"error": "not found"}', tool_call_id="c")])
+    x = structural.structural_features(t)
+    col = {n: i for i, n in enumerate(structural.NAMES)}
+    assert x[0, col["n_tool_calls"]] == 1 and x[0, col["fail_after"]] == 1
+    assert structural.structural_features(Trajectory("e", [Message("user", "hi")])).shape == (0, len(structural.NAMES))
+    X, index = FeatureExtractor(FeatureConfig(groups=("structural",)), cache=None).transform([Trajectory("e", [Message("user", "hi")]), t])
+    assert X.shape[0] == 1 and index == [("t", 0)]
+
+
+def test_feature_names_match_columns() -> None:
+    fx = FeatureExtractor(FeatureConfig(groups=("structural",)), cache=None)
+    X, _ = fx.transform([sciworld_like()])
+    assert X.shape[1] == len(fx.feature_names())
+    assert FeatureExtractor(FeatureConfig(groups=("structural",), context=False), cache=None).transform([sciworld_like()])[0].shape[1] == len(structural.NAMES)
+
+
+def test_parse_groups() -> None:
+    assert parse_groups("structural,semantic") == ("semantic", "structural")
+    with pytest.raises(ConfigError, match="unknown feature group"):
+        parse_groups("semantic,vibes")
+
+
+def test_cache_round_trip_and_key(tmp_path: Path) -> None:
+    t = sciworld_like()
+    cache = FeatureCache(tmp_path, "g")
+    key = content_key(t, "m", 1)
+    assert content_key(t, "m", 2) != key and content_key(t, "m", 1) == key
+    assert cache.get(key) is None
+    cache.put(key, np.arange(6.0).reshape(2, 3))
+    assert np.array_equal(cache.get(key), np.arange(6.0).reshape(2, 3))
+    next((tmp_path / "g").rglob("*.npz")).write_bytes(b"damaged")
+    assert cache.get(key) is None  # recomputed, not trusted
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with SmolLM2's tokenizer, saved as a local model directory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from critstep.models import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m")
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    out = tmp_path_factory.mktemp("tiny-lm")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_token_scores_one_forward_per_window_and_match_direct(tiny_lm: Path) -> None:
+    import torch
+
+    from critstep.models import load_causal_lm
+
+    model, tok = load_causal_lm(str(tiny_lm), device="cpu")
+    calls = []
+    model.register_forward_hook(lambda m, args, kwargs, out: calls.append(1), with_kwargs=True)
+    t = sciworld_like()
+    scorer = token.TokenScorer(model, tok, window_tokens=48, message_tokens=16, step_tokens=16)
+    rendered = token.render(t, tok, 16, 16)
+    plan = token.windows(rendered, 48)
+    assert sorted(k for _, members in plan for k in members) == [0, 1, 2, 3]
+    rows = scorer.score_one(t)
+    distinct_steps = len({tuple(s) for s in rendered.step_ids})
+    n_nocontext_batches = len(calls) - len(plan)
+    assert 1 <= n_nocontext_batches <= distinct_steps and len(plan) < 4 + 1
+    # Step 3 recomputed directly: NLL of its tokens given the window's prefix.
+    start, members = next(p for p in plan if 3 in p[1])
+    a, b = rendered.spans[3]
+    ids = torch.tensor([rendered.ids[start : start + 48]])
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    nll = -logp[a - start - 1 : b - start - 1].gather(-1, ids[0, a - start : b - start, None]).squeeze(-1)
+    assert rows[3, token.NAMES.index("nll_mean")] == pytest.approx(nll.mean().item(), rel=1e-4)
+    assert rows[3, token.NAMES.index("log_ifd")] == pytest.approx(rows[3, 0] - rows[3, 4])
+    assert scorer.tokens_processed > 0
+
+
+def test_token_features_through_the_extractor_are_cached(tiny_lm: Path, tmp_path: Path) -> None:
+    config = FeatureConfig(groups=("token",), lm=str(tiny_lm), dtype="float32", window_tokens=64)
+    first, _ = FeatureExtractor(config, device="cpu", cache=tmp_path).transform([sciworld_like()])
+    again = FeatureExtractor(config, device="cpu", cache=tmp_path)
+    second, _ = again.transform([sciworld_like()])
+    assert again._scorer is None  # served from the cache: the LM was never loaded
+    assert np.array_equal(first, second)
+
+
+def test_semantic_features_with_minilm() -> None:
+    fx = FeatureExtractor(FeatureConfig(groups=("semantic",), embedding_dims=4), cache=None)
+    X, index = fx.transform([sciworld_like()])
+    assert X.shape == (4, len(fx.feature_names())) and np.isfinite(X).all()
+    names = fx.feature_names()
+    novelty = X[:, names.index("step_novelty")]
+    assert novelty[0] == 1.0 and novelty[2] < novelty[1]  # step 2 repeats step 1's action
+
+
+def test_trajectories_without_steps_pass_through_every_group(tiny_lm: Path) -> None:
+    empty = Trajectory("mind2web/0", [Message("user", "book a flight")])
+    config = FeatureConfig(groups=GROUPS, lm=str(tiny_lm), dtype="float32", window_tokens=64)
+    X, index = FeatureExtractor(config, device="cpu", cache=None).transform([empty, sciworld_like()])
+    assert X.shape[0] == 4 and index[0] == ("t1", 0)

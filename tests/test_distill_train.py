@@ -1,0 +1,120 @@
+"""Training, saving and loading the distilled selector (structural features: no model download)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from critstep.distill.dataset import build_dataset
+from critstep.distill.estimator import StepClassifier, select_by_scores, tune_threshold
+from critstep.distill.features import FeatureConfig, FeatureExtractor
+from critstep.distill.persistence import load_model
+from critstep.distill.train import train_distilled
+from critstep.errors import InputError, ModelError
+from critstep.formats import read_trajectories
+from critstep.labels import CriticalStep, TrajectoryLabels, read_labels
+from critstep.selection import step_cap
+from critstep.selector import build_selector
+
+STRUCTURAL = FeatureConfig(groups=("structural",))
+
+
+@pytest.fixture(scope="module")
+def seed(shared: Path) -> tuple[list, dict]:
+    """The first 40 labeled trajectories of the shared seed set (every env represented)."""
+    trajectories = read_trajectories(shared / "corpus.jsonl")
+    labels = read_labels(shared / "seed_labels.jsonl", trajectories)
+    keep = dict(list(labels.items())[:40])
+    return [t for t in trajectories if t.id in keep], keep
+
+
+def test_select_by_scores_cap_and_threshold() -> None:
+    scores = np.array([0.9, 0.1, 0.8, 0.7, 0.2, 0.6, 0.05, 0.3, 0.4, 0.5])
+    assert select_by_scores(scores, 0.3) == [0, 2, 3]  # cap floor(10*0.3) = 3
+    assert select_by_scores(scores, 0.3, threshold=0.75) == [0, 2]  # threshold below the cap
+    assert select_by_scores(scores, 0.3, threshold=0.1) == [0, 2, 3]  # never above the cap
+    assert select_by_scores(scores, 0.3, threshold=0.99) == [0]  # at least one
+    assert select_by_scores(np.array([0.2, 0.1]), 0.3) == [0]
+
+
+def test_tune_threshold_prefers_the_separating_cut() -> None:
+    proba = np.array([0.9, 0.2, 0.1, 0.8, 0.15, 0.1, 0.12, 0.11, 0.1, 0.1])
+    y = np.array([1, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+    t = tune_threshold(proba, y, np.array(["a"] * 10), ratio=0.3)
+    assert 0.2 < t <= 0.8
+
+
+def test_estimator_contract_and_validation() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.random((200, 4))
+    y = (X[:, 0] > 0.7).astype(int)
+    groups = np.repeat(np.arange(20), 10)
+    clf = StepClassifier().fit(X, y, groups=groups)
+    p = clf.predict_proba(X)
+    assert p.shape == (200, 2) and np.allclose(p.sum(1), 1) and (p[y == 1, 1].mean() > p[y == 0, 1].mean() + 0.3)
+    assert clone(clf).get_params() == clf.get_params()
+    with pytest.raises(ValueError, match="features"):
+        clf.predict_proba(X[:, :3])
+    with pytest.raises(ValueError):
+        StepClassifier().fit(X, np.zeros(200, dtype=int))  # one class only
+    with pytest.raises(ValueError):
+        StepClassifier().fit(np.full((200, 4), np.inf), y)
+
+
+def test_fit_save_load_round_trip_scores_identically(seed, tmp_path: Path) -> None:
+    trajectories, labels = seed
+    report = train_distilled(trajectories, labels, tmp_path / "model", features=STRUCTURAL, folds=2, cache=None)
+    cv = report["cv"]
+    assert cv["folds"] == 2 and 0.2 < cv["ratio"]["f1"] <= 1.0 and cv["ratio"]["auroc"] > 0.6
+    assert report["training_data"]["trajectories"] == 40
+    files = {p.name for p in (tmp_path / "model").iterdir()}
+    assert files == {"model.skops", "model.json", "README.md"}  # no pickle anywhere
+    card = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert card["features"]["groups"] == ["structural"] and "versions" in card["card"]
+    assert "Cross-validated" in (tmp_path / "model" / "README.md").read_text()
+
+    X, _ = FeatureExtractor(STRUCTURAL, cache=None).transform(trajectories)
+    before = report["model"].classifier.predict_proba(X)[:, 1]
+    loaded = load_model(tmp_path / "model")
+    assert np.array_equal(loaded.classifier.predict_proba(X)[:, 1], before)
+
+    selector = build_selector("distilled", model_dir=tmp_path / "model", cache=None)
+    scores = selector.score(trajectories)
+    assert np.allclose(np.concatenate([scores[t.id] for t in trajectories]), before)
+    for mode in (False, True):
+        selector.threshold = mode
+        for t, sel in zip(trajectories, selector.select(trajectories, ratio=0.3).values(), strict=True):
+            assert 1 <= len(sel.steps) <= step_cap(t.n_steps, 0.3) and len(sel.scores) == t.n_steps
+
+
+def test_bad_labels_are_rejected(seed, tmp_path: Path) -> None:
+    trajectories, labels = seed
+    first = next(iter(labels.values()))
+    unknown = dict(labels) | {"nope": TrajectoryLabels("nope", 3, [CriticalStep(0, "critical_action")])}
+    with pytest.raises(InputError, match="unknown trajectory id 'nope'"):
+        train_distilled(trajectories, unknown, None, features=STRUCTURAL, folds=0, cache=None)
+    bad = dict(labels) | {first.id: TrajectoryLabels(first.id, first.n_steps, [CriticalStep(first.n_steps + 2, "critical_action")])}
+    with pytest.raises(InputError, match="outside"):
+        train_distilled(trajectories, bad, None, features=STRUCTURAL, folds=0, cache=None)
+    with pytest.raises(InputError, match="too few"):
+        train_distilled(trajectories[:3], {t.id: labels[t.id] for t in trajectories[:3]}, None, features=STRUCTURAL, folds=5, cache=None)
+
+
+def test_dataset_targets_match_labels(seed) -> None:
+    trajectories, labels = seed
+    data = build_dataset(FeatureExtractor(STRUCTURAL, cache=None), trajectories, labels)
+    assert len(data.y) == sum(t.n_steps for t in trajectories)
+    assert data.y.sum() == sum(len(lab.critical) for lab in labels.values())
+
+
+def test_loading_refuses_foreign_directories(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not a distilled model"):
+        load_model(tmp_path)
+    (tmp_path / "model.json").write_text('{"format_version": 99}')
+    (tmp_path / "model.skops").write_bytes(b"")
+    with pytest.raises(ModelError, match="format"):
+        load_model(tmp_path)
