@@ -10,8 +10,7 @@ from critstep.cli import FORMAT_OPTION
 from critstep.commands._features import cache_arg, feature_options
 from critstep.errors import ConfigError
 
-# The oracle and the cascade need API settings and budgets: `critstep label` and `critstep compare` run them.
-SELECTOR_NAMES = ["distilled", "all", "random", "perplexity"]
+SELECTOR_NAMES = ["distilled", "cascade", "oracle", "all", "random", "perplexity"]
 
 
 @click.command("select")
@@ -21,6 +20,14 @@ SELECTOR_NAMES = ["distilled", "all", "random", "perplexity"]
 @click.option("--ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.3, show_default=True, help="At most this share of each trajectory's steps (rounded down, at least 1).")
 @click.option("--threshold", is_flag=True, help="Distilled: keep only steps above the model's tuned threshold (up to the --ratio cap).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random selector.")
+@click.option("--budget", default=None, help="Cascade: oracle budget, as 25% (share of trajectories), 40 (calls) or $2.50 (dollars).")
+@click.option("--uncertainty", type=click.Choice(["disagreement", "margin"]), default="disagreement", show_default=True,
+              help="Cascade: how the trajectories the distilled model is least sure of are found.")
+@click.option("--oracle-model", default="gpt-4o", show_default=True, help="Oracle/cascade: model at the OpenAI-compatible endpoint.")
+@click.option("--base-url", default=None, help="Oracle/cascade: endpoint (default: $OPENAI_BASE_URL, else OpenAI). The key comes from $OPENAI_API_KEY.")
+@click.option("--oracle-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Oracle/cascade: answer cache (default: $CRITSTEP_CACHE/oracle/cache.jsonl).")
+@click.option("--max-cost", type=float, default=None, help="Oracle: stop before spending more than this many dollars.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output JSONL: trajectories with critical_steps, step_scores and per-message flags.")
 @FORMAT_OPTION
 @feature_options
@@ -31,6 +38,12 @@ def command(
     ratio: float,
     threshold: bool,
     seed: int,
+    budget: str | None,
+    uncertainty: str,
+    oracle_model: str,
+    base_url: str | None,
+    oracle_cache: Path | None,
+    max_cost: float | None,
     out: Path,
     fmt: str | None,
     embedder: str | None,
@@ -48,7 +61,11 @@ def command(
     Examples:
       critstep select corpus.jsonl --selector distilled --model models/distilled --out selected.jsonl
       critstep select corpus.jsonl --selector distilled --model models/distilled --threshold --out selected.jsonl
+      critstep select corpus.jsonl --selector cascade --model models/distilled --budget 10% --out cascade.jsonl
+      critstep select corpus.jsonl --selector oracle --oracle-model gpt-4o --max-cost 5 --out oracle.jsonl
       critstep select corpus.jsonl --selector random --seed 1 --out random.jsonl
+
+    The oracle leaves out trajectories it could not label; the cascade keeps the distilled choice for them.
     """
     from collections import Counter
 
@@ -56,14 +73,27 @@ def command(
     from critstep.selector import build_selector
 
     cache = cache_arg(cache_dir, no_cache)
-    if threshold and name != "distilled":
-        raise ConfigError("--threshold applies to the distilled selector only")
-    if name == "distilled":
+    if threshold and name not in ("distilled", "cascade"):
+        raise ConfigError("--threshold applies to the distilled and cascade selectors only")
+    if budget is not None and name != "cascade":
+        raise ConfigError("--budget applies to the cascade selector only")
+    oracle = {"model": oracle_model, "base_url": base_url, "cache_path": oracle_cache, "ratio": ratio}
+    if name in ("distilled", "cascade"):
         if model_dir is None:
-            raise ConfigError("the distilled selector needs --model DIR (train one with `critstep distill`)")
+            raise ConfigError(f"the {name} selector needs --model DIR (train one with `critstep distill`)")
         if embedder or lm or groups or max_window_tokens or dtype:
             raise ConfigError("--embedder/--lm/--features/--max-window-tokens/--dtype are fixed by the distilled model; retrain to change them")
         options = {"model_dir": model_dir, "threshold": threshold, "device": device, "cache": cache}
+        if name == "cascade":
+            from critstep.selector.distilled import DistilledSelector
+            from critstep.selector.oracle import OracleConfig
+
+            if budget is None:
+                raise ConfigError("the cascade needs --budget (e.g. 10% of the trajectories, 40 calls or $2.50)")
+            options = {"distilled": DistilledSelector(**options), "budget": budget, "uncertainty": uncertainty,
+                       "oracle_config": OracleConfig(**oracle)}
+    elif name == "oracle":
+        options = {**oracle, "max_cost": max_cost, "progress": True}
     elif name == "perplexity":
         options = {"device": device, "cache": cache}
         options |= {k: v for k, v in {"lm": lm, "window_tokens": max_window_tokens, "dtype": dtype}.items() if v is not None}
@@ -78,5 +108,9 @@ def command(
     steps = sum(t.n_steps for t in trajectories)
     chosen = sum(len(s.steps) for s in selections.values())
     envs = Counter(t.env for t in trajectories)
+    if name == "cascade":
+        run = selector.run_
+        click.echo(f"cascade: {len(run.answered)} trajectories answered by the oracle, {len(run.failed)} failed, "
+                   f"{len(run.unsent)} not sent; ${run.cost_usd:.4f} spent ({budget} budget)")
     click.echo(f"{name}: selected {chosen:,} of {steps:,} steps ({chosen / max(1, steps):.1%}) in {len(trajectories):,} trajectories "
                f"({', '.join(f'{e} {n}' for e, n in sorted(envs.items()))}); wrote {out}")
