@@ -47,7 +47,7 @@ def main() -> None:
                     help="the pool is revealed in this many equal shares; the first share is random and the same for both orders")
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--classifier", default="hgb")
-    ap.add_argument("--groups", default="semantic,token,structural", help="feature groups (the distilled default: all three)")
+    ap.add_argument("--groups", default="semantic,structural", help="feature groups (default: the distilled selector's default)")
     ap.add_argument("--calibration-folds", type=int, default=0,
                     help="inner folds for Platt calibration of each round's model (0: the classifier's own probabilities; faster)")
     ap.add_argument("--out", type=Path, default=RESULTS)

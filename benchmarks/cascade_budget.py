@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--classifier", default="hgb")
-    ap.add_argument("--groups", default="semantic,token,structural", help="feature groups (the distilled default: all three)")
+    ap.add_argument("--groups", default="semantic,structural", help="feature groups (default: the distilled selector's default)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
 
