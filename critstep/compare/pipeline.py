@@ -129,7 +129,8 @@ def run_compare(
 
 
 class LabelPricer:
-    """Dollars of one oracle answer: its recorded token usage x the price table, else an estimate.
+    """Dollars of one oracle answer: what its recorded usage says it cost (Batch API discount and
+    repair request included), else its token usage x the price table, else an estimate.
 
     Pricing answers by their usage (not by this run's spend) keeps the oracle's cost honest when
     the answers come from a cache or a file and cost nothing today.
@@ -143,6 +144,8 @@ class LabelPricer:
 
     def __call__(self, labels: TrajectoryLabels, trajectory: Trajectory) -> float:
         usage = labels.extra.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("cost_usd"), (int, float)):
+            return float(usage["cost_usd"])
         if isinstance(usage, dict) and "prompt_tokens" in usage:
             model = str(usage.get("model") or self.config.model)
             return self.table.cost(model, int(usage["prompt_tokens"]), int(usage.get("completion_tokens", 0)), bool(usage.get("batch", False)))

@@ -22,6 +22,7 @@ from typing import Any
 from critstep.distill.estimator import StepClassifier
 from critstep.distill.features import FeatureConfig
 from critstep.errors import ModelError
+from critstep.io import check_replaceable_dir
 
 FORMAT_VERSION = 1
 TRUSTED_TYPES = {"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"}
@@ -59,6 +60,7 @@ def save_model(model: DistilledModel, out_dir: str | Path) -> Path:
     import skops.io as sio
 
     out = Path(out_dir)
+    check_replaceable_dir(out, ["model.json"])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is ordinary shared data

@@ -20,6 +20,7 @@ from critstep.distill.features import FeatureConfig, FeatureExtractor
 from critstep.distill.metrics import evaluate_selections
 from critstep.distill.persistence import DistilledModel, save_model, versions
 from critstep.errors import InputError
+from critstep.io import check_replaceable_dir
 from critstep.labels import TrajectoryLabels
 from critstep.selection import DEFAULT_RATIO, Selection
 from critstep.trajectory import Trajectory
@@ -106,6 +107,8 @@ def train_distilled(
     Returns the report: training data stats, CV metrics (without per-row probabilities), the
     model (as `DistilledModel`, under "model") and where it was saved.
     """
+    if out_dir is not None:
+        check_replaceable_dir(out_dir, ["model.json"])  # fail before training, not after
     extractor = extractor or FeatureExtractor(features, device=device, cache=cache)
     data = build_dataset(extractor, trajectories, labels)
     if len(data.y) == 0 or data.y.sum() == 0 or data.y.sum() == len(data.y):

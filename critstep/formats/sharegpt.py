@@ -27,6 +27,8 @@ ROLE_MAP = {
 _OUT_ROLE = {"from": {"user": "human", "assistant": "gpt", "system": "system", "tool": "observation"}}
 _ACK = re.compile(r"^\s*(ok|okay|sure|understood|got it|i('ve| have)? understood)\b", re.IGNORECASE)
 _ACK_MAX_CHARS = 120
+# An "OK" that already acts ("OK. Action: search[...]") is a step, not an acknowledgement.
+_ACTS = re.compile(r"(^|\n)\s*(action|act|thought|think)\s*:|\w\[|^\s*>", re.IGNORECASE)
 
 
 def matches(value: Any) -> bool:
@@ -76,7 +78,7 @@ def _mark_acknowledgement(messages: list[Message]) -> None:
     if sum(m.role == "user" for m in messages[:first]) != 1:
         return
     m = messages[first]
-    if len(m.content) <= _ACK_MAX_CHARS and _ACK.match(m.content):
+    if len(m.content) <= _ACK_MAX_CHARS and _ACK.match(m.content) and not _ACTS.search(m.content):
         m.acknowledgement = True
 
 

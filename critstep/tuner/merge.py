@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from critstep.errors import InputError, ModelError
+from critstep.io import check_replaceable_dir
 from critstep.models import causal_lm_path
 from critstep.tuner.train import CONFIG_FILE
 
@@ -40,6 +41,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str 
     adapter = Path(adapter_dir)
     if not (adapter / "adapter_config.json").exists():
         raise InputError("not a PEFT adapter directory (no adapter_config.json)", adapter)
+    check_replaceable_dir(out_dir, ["config.json"])
     ref = base_model or base_model_ref(adapter)
     path = causal_lm_path(ref)
     try:
