@@ -68,7 +68,7 @@ def test_helpful_errors(data: Path, tmp_path: Path) -> None:
     code, output = run("select", str(data / "traj.jsonl"), "--selector", "distilled", "--out", str(tmp_path / "x.jsonl"))
     assert code == 1 and "needs --model" in output
     code, output = run("select", str(data / "traj.jsonl"), "--selector", "random", "--threshold", "--out", str(tmp_path / "x.jsonl"))
-    assert code == 1 and "distilled selector only" in output
+    assert code == 1 and "distilled and cascade selectors only" in output
     code, output = run("select", str(data / "traj.jsonl"), "--model", str(tmp_path), "--out", str(tmp_path / "x.jsonl"))
     assert code == 1 and "not a distilled model directory" in output
     bad = tmp_path / "bad_labels.jsonl"
