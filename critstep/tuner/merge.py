@@ -7,15 +7,12 @@ stored dtype, the adapter applied and merged, and the result written atomically 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from critstep.errors import InputError, ModelError
-from critstep.io import check_replaceable_dir
+from critstep.io import atomic_dir, check_replaceable_dir
 from critstep.models import causal_lm_path
 from critstep.tuner.train import CONFIG_FILE
 
@@ -51,15 +48,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str 
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(str(adapter))
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, ["config.json"]) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
