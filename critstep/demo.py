@@ -93,7 +93,7 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = print) -> DemoR
     from critstep.selector.cascade import Budget
     from critstep.tuner import TuneConfig, tune
 
-    _hush_libraries(options.progress)
+    _hush_libraries()
     out = options.out
     result = DemoResult(out)
     stage = _Stages(7, echo, result)
@@ -193,16 +193,15 @@ def _teacher_labels(trajectories: Sequence[Trajectory], options: DemoOptions, ec
     return dict(run.labels)
 
 
-def _hush_libraries(progress: bool) -> None:
-    """Keep the demo's output to what it did: library chatter goes, errors stay."""
+def _hush_libraries() -> None:
+    """Keep the demo's output to what it did: library chatter and loading bars go, errors stay."""
     import logging
     import warnings
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    if not progress:
-        hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
