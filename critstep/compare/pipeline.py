@@ -87,7 +87,8 @@ def run_compare(
     recorded: dict[str, TrajectoryLabels] | None = None
     if options.oracle_labels is not None:
         recorded = read_labels(options.oracle_labels, everything)
-    distilled: tuple[dict[str, Selection], float, str] | None = None
+    distilled: tuple[dict[str, Selection], float, str, Any] | None = None
+    in_sample: str | None = None
     for name in options.selectors:
         echo(f"running {name} ...")
         if name == "oracle":
@@ -95,9 +96,13 @@ def run_compare(
         elif name in ("distilled", "cascade"):
             if distilled is None:
                 distilled = _distilled(trajs, options)
-            selections, seconds, device = distilled
+                in_sample = _trained_on(distilled[3], ids)
+                if in_sample:
+                    echo(f"warning: {in_sample}")
+            selections, seconds, device, _ = distilled
             if name == "distilled":
-                results.append(SelectorResult("distilled", selections, len(trajs), seconds, device))
+                notes = [in_sample] if in_sample else []
+                results.append(SelectorResult("distilled", selections, len(trajs), seconds, device, notes=notes))
             else:
                 results += _cascades(trajs, selections, seconds, device, recorded, oracle_config, pricer, options)
         else:
@@ -181,7 +186,7 @@ def _oracle(trajs: Sequence[Trajectory], ids: list[str], recorded: Mapping[str, 
     return SelectorResult("oracle", selections, len(trajs), None, "api", oracle_usd=usd, oracle_calls=len(ids), oracle_share=1.0, notes=notes)
 
 
-def _distilled(trajs: Sequence[Trajectory], options: CompareOptions) -> tuple[dict[str, Selection], float, str]:
+def _distilled(trajs: Sequence[Trajectory], options: CompareOptions) -> tuple[dict[str, Selection], float, str, Any]:
     from critstep.models import default_device
     from critstep.selector.distilled import DistilledSelector
 
@@ -189,7 +194,15 @@ def _distilled(trajs: Sequence[Trajectory], options: CompareOptions) -> tuple[di
     # No feature cache: the measured time must be what selecting these trajectories costs afresh.
     selector = DistilledSelector(model_dir=str(options.model_dir), device=device, cache=None)
     selections, seconds = timed(lambda: selector.select(trajs, options.ratio))
-    return selections, seconds, device
+    return selections, seconds, device, selector.model
+
+
+def _trained_on(model: Any, ids: Sequence[str]) -> str | None:
+    """A warning when the compared trajectories include the model's own training data."""
+    seen = set(model.card.get("training_ids", [])) & set(ids)
+    if not seen:
+        return None
+    return f"the distilled model was trained on {len(seen)} of the {len(ids)} compared trajectories: its F1 there is in-sample"
 
 
 def _cascades(

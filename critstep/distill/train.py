@@ -120,7 +120,9 @@ def train_distilled(
         cv.pop("proba")
         report["cv"] = cv
     clf = StepClassifier(**params).fit(data.X, data.y, groups=data.groups)
-    card = {"training_data": report["training_data"], "cv": report.get("cv", {}), "versions": versions()}
+    card = {"training_data": report["training_data"], "cv": report.get("cv", {}), "versions": versions(),
+            # so that `compare` can tell when it is asked to score the model on its own training data
+            "training_ids": sorted(str(g) for g in set(data.groups))}
     model = DistilledModel(clf, extractor.config, extractor.feature_names(), card)
     report["threshold"] = clf.threshold_
     report["model"] = model
