@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.tuner_support import save_tiny_llama
 
 from critstep.selection import step_cap
 from critstep.selector import build_selector
@@ -39,16 +40,7 @@ def test_random_is_seeded_capped_and_order_independent() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from critstep.models import load_tokenizer
-
-    tok = load_tokenizer("smollm2-135m")
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-    out = tmp_path_factory.mktemp("tiny-lm")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-lm"))
 
 
 def test_perplexity_takes_the_highest_nll_steps(tiny_lm: Path, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.tuner_support import save_tiny_llama
 
 from critstep.distill.features import GROUPS, FeatureConfig, FeatureExtractor, parse_groups, structural, token
 from critstep.distill.features.cache import FeatureCache, content_key
@@ -74,17 +75,7 @@ def test_cache_round_trip_and_key(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory) -> Path:
-    """A 2-layer random Llama with SmolLM2's tokenizer, saved as a local model directory."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from critstep.models import load_tokenizer
-
-    tok = load_tokenizer("smollm2-135m")
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-    out = tmp_path_factory.mktemp("tiny-lm")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-lm"))
 
 
 def test_token_scores_one_forward_per_window_and_match_direct(tiny_lm: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from critstep.cli import FORMAT_OPTION
 from critstep.errors import CritstepError
 from critstep.selection import DEFAULT_RATIO
 
@@ -30,7 +31,7 @@ def _setup_logging() -> None:
 @click.command("label")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Labels file to write (JSONL, schema of seed_labels.jsonl + usage).")
-@click.option("--format", "fmt", type=click.Choice(["openai", "sharegpt", "react", "sciworld"]), default=None, help="Input format (default: detected per record).")
+@FORMAT_OPTION
 @click.option("--model", default="gpt-4o", show_default=True, help="Model name at the endpoint.")
 @click.option("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default: $OPENAI_BASE_URL, else OpenAI).")
 @click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Environment variable holding the API key (keys are never taken on the command line).")
