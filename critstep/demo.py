@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from critstep.formats import read_trajectories, write_trajectories
+from critstep.io import claim_output_dir
 from critstep.labels import TrajectoryLabels, read_labels, selections_from_labels, write_labels
 from critstep.trajectory import Trajectory
 
@@ -94,7 +95,7 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = print) -> DemoR
     from critstep.tuner import TuneConfig, tune
 
     _hush_libraries()
-    out = options.out
+    out = claim_output_dir(options.out, "demo")
     result = DemoResult(out)
     stage = _Stages(7, echo, result)
 

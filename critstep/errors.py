@@ -25,6 +25,11 @@ class InputError(CritstepError):
         return f"{where}: {self.message}"
 
 
+class OutputError(InputError):
+    """An output that cannot or must not be written: names the path (an unrelated directory, a
+    full or read-only disk, an output that is also an input)."""
+
+
 class ModelError(CritstepError):
     """A model reference that cannot be resolved or loaded."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from critstep.errors import InputError
+from critstep.errors import InputError, OutputError
 
 
 @dataclass(frozen=True)
@@ -120,65 +121,125 @@ def _skip_ws(text: str, pos: int) -> int:
     return pos
 
 
+# Errors of the disk, not of the program: they become one line naming the output.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES, errno.EPERM}
+
+OUTPUT_MARKER = ".critstep-output.json"
+"""The file critstep leaves in every directory it writes: only such a directory is ever replaced."""
+
+
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Write to a temporary file beside `path` and rename it into place only on success.
 
     An interrupted run therefore leaves either the old file or the complete new one, never half.
+    A symlink is followed and its target replaced (the link stays); a device, FIFO or socket
+    (`/dev/null`, `/dev/stdout`) is written through, never replaced by a regular file. A full or
+    read-only disk becomes an `OutputError` naming the file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should look like any new file
-    try:
-        encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(fd, mode, encoding=encoding) as f:
+    link = Path(path)
+    path = Path(os.path.realpath(link))
+    encoding = None if "b" in mode else "utf-8"
+    if path.exists() and not path.is_file():
+        if path.is_dir():
+            raise OutputError("is a directory, not a file", link)
+        with _disk_errors(link), open(path, mode, encoding=encoding) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        return
+    with _disk_errors(link):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should look like any new file
+        with _disk_errors(link):
+            with os.fdopen(fd, mode, encoding=encoding) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
 @contextmanager
-def atomic_dir(path: str | Path, markers: Iterable[str]) -> Iterator[Path]:
+def _disk_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _DISK_ERRNOS:
+            raise
+        raise OutputError(f"cannot write: {e.strerror}", path) from None
+
+
+@contextmanager
+def atomic_dir(path: str | Path, kind: str) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; on success it replaces `path` whole.
 
     A failed write leaves any earlier output intact, and `path` is replaced only if it is absent,
-    empty or an earlier output of the same kind (it holds one of `markers`).
+    empty or critstep's own earlier output of the same `kind` (see `check_replaceable_dir`).
     """
     path = Path(path)
-    check_replaceable_dir(path, markers)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an output directory is ordinary data
+    check_replaceable_dir(path, kind)
+    with _disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an output directory is ordinary data
+        with _disk_errors(path):
+            yield tmp
+            _write_marker(tmp, kind)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def check_replaceable_dir(path: str | Path, markers: Iterable[str]) -> None:
-    """Refuse to replace `path` unless it is absent, empty, or holds one of `markers` (a previous
-    output of the same kind): writers swap whole directories, and must not wipe unrelated files."""
+def claim_output_dir(path: str | Path, kind: str) -> Path:
+    """Make `path` an output directory of `kind` that critstep fills in place (tuning runs,
+    evaluations, sharded outputs): created if absent, refused unless empty or already critstep's
+    output of that kind (then its files are reused or overwritten), and marked as critstep's."""
+    path = Path(path)
+    check_replaceable_dir(path, kind)
+    with _disk_errors(path):
+        path.mkdir(parents=True, exist_ok=True)
+        if not (path / OUTPUT_MARKER).exists():
+            _write_marker(path, kind)
+    return path
+
+
+def check_replaceable_dir(path: str | Path, kind: str) -> None:
+    """Refuse `path` as an output directory unless it is absent, empty, or holds critstep's marker
+    for `kind`: writers swap or fill whole directories, and must never touch unrelated files."""
     path = Path(path)
     if not path.exists():
         return
     if not path.is_dir():
-        raise InputError("exists and is not a directory", path)
-    markers = list(markers)
-    if any(path.iterdir()) and not any((path / m).exists() for m in markers):
-        raise InputError(
-            f"is a non-empty directory without {' or '.join(markers)}: refusing to replace it; "
-            "give a new or empty directory (or a previous output of this command)",
-            path,
-        )
+        raise OutputError("exists and is not a directory", path)
+    if not any(path.iterdir()):
+        return
+    found = output_kind(path)
+    if found == kind:
+        return
+    what = f"critstep's {found} output" if found else f"files critstep did not write (no {OUTPUT_MARKER})"
+    raise OutputError(f"holds {what}: refusing to replace it with a {kind}; give a new or empty directory", path)
+
+
+def output_kind(path: str | Path) -> str | None:
+    """The kind recorded in the marker of a directory critstep wrote, or None."""
+    try:
+        value = json.loads((Path(path) / OUTPUT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value.get("kind") if isinstance(value, dict) else None
+
+
+def _write_marker(directory: Path, kind: str) -> None:
+    from critstep import __version__
+
+    (directory / OUTPUT_MARKER).write_text(json.dumps({"kind": kind, "written_by": f"critstep {__version__}"}) + "\n")
 
 
 def _umask() -> int:

@@ -65,9 +65,9 @@ def causal_lm_path(ref: str) -> str:
 def export_causal_lm(ref: str, out: str | Path) -> Path:
     """Save a causal LM (built-in GGUF included) as safetensors + tokenizer, atomically."""
     out = Path(out)
-    check_replaceable_dir(out, ["config.json"])  # before the slow load, not after
+    check_replaceable_dir(out, "model")  # before the slow load, not after
     model, tokenizer = _load_gguf(ref) if ref in CAUSAL_LMS else load_causal_lm(ref)
-    with atomic_dir(out, ["config.json"]) as tmp:
+    with atomic_dir(out, "model") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out

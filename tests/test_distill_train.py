@@ -72,7 +72,7 @@ def test_fit_save_load_round_trip_scores_identically(seed, tmp_path: Path) -> No
     assert cv["folds"] == 2 and 0.2 < cv["ratio"]["f1"] <= 1.0 and cv["ratio"]["auroc"] > 0.6
     assert report["training_data"]["trajectories"] == 40
     files = {p.name for p in (tmp_path / "model").iterdir()}
-    assert files == {"model.skops", "model.json", "README.md"}  # no pickle anywhere
+    assert files == {"model.skops", "model.json", "README.md", ".critstep-output.json"}  # no pickle anywhere
     card = json.loads((tmp_path / "model" / "model.json").read_text())
     assert card["features"]["groups"] == ["structural"] and "versions" in card["card"]
     assert "Cross-validated" in (tmp_path / "model" / "README.md").read_text()

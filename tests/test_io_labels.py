@@ -41,9 +41,11 @@ def test_step_cap(n: int, ratio: float, cap: int) -> None:
 def test_seed_labels_read_and_round_trip(shared: Path, tmp_path: Path) -> None:
     corpus = read_trajectories(shared / "corpus.jsonl")
     labels = read_labels(shared / "seed_labels.jsonl", corpus)
-    assert len(labels) == 126
-    assert sum(len(v.critical) for v in labels.values()) == 382
-    assert sum(v.n_steps for v in labels.values()) == 2166
+    assert len(labels) == 306  # the shared README's counts: 5,509 steps, 976 critical
+    assert sum(len(v.critical) for v in labels.values()) == 976
+    assert sum(v.n_steps for v in labels.values()) == 5509
+    second = read_labels(shared / "seed_labels_second.jsonl", corpus)
+    assert len(second) == 44 and set(second) <= set(labels)
     out = tmp_path / "labels.jsonl"
     write_labels(out, labels.values())
     assert read_labels(out) == labels

@@ -19,6 +19,7 @@ from critstep.compare.report import Row, build_rows, render_markdown, write_repo
 from critstep.compare.run import SelectorResult, read_predictions, restrict, timed
 from critstep.errors import InputError
 from critstep.formats import read_trajectories
+from critstep.io import claim_output_dir
 from critstep.labels import TrajectoryLabels, read_labels, selections_from_labels
 from critstep.selection import Selection
 from critstep.selector.cascade import Budget
@@ -63,6 +64,7 @@ def run_compare(
     from critstep.selector.oracle.config import OracleConfig
     from critstep.selector.oracle.pricing import load_prices
 
+    claim_output_dir(out, "compare")  # before the slow work, not after
     everything = read_trajectories(trajectories_path, options.format)
     gold_labels = read_labels(labels_path, everything)
     trajs = [t for t in everything if t.id in gold_labels]
@@ -124,7 +126,6 @@ def run_compare(
         "compute_prices_as_of": compute.as_of,
         "usd_per_hour": compute.usd_per_hour,
     }
-    out.mkdir(parents=True, exist_ok=True)
     write_report_json(out / "report.json", rows, meta)
     write_report_markdown(out / "report.md", rows, meta)
     left_out = plot_cost_vs_f1(out / "cost_vs_f1.png", rows, options.teacher_agreement)

@@ -22,6 +22,7 @@ from critstep.errors import ModelError
 from critstep.io import atomic_dir
 
 FORMAT_VERSION = 1
+MODEL_KIND = "distilled-model"
 TRUSTED_TYPES = {"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"}
 
 
@@ -57,7 +58,7 @@ def save_model(model: DistilledModel, out_dir: str | Path) -> Path:
     import skops.io as sio
 
     out = Path(out_dir)
-    with atomic_dir(out, ["model.json"]) as tmp:
+    with atomic_dir(out, MODEL_KIND) as tmp:
         clf = model.classifier
         sio.dump(clf.estimator_, tmp / "model.skops")
         meta = {

@@ -18,7 +18,7 @@ from critstep.distill.dataset import StepDataset, build_dataset
 from critstep.distill.estimator import StepClassifier, select_by_scores
 from critstep.distill.features import FeatureConfig, FeatureExtractor
 from critstep.distill.metrics import evaluate_selections
-from critstep.distill.persistence import DistilledModel, save_model, versions
+from critstep.distill.persistence import MODEL_KIND, DistilledModel, save_model, versions
 from critstep.errors import InputError
 from critstep.io import check_replaceable_dir
 from critstep.labels import TrajectoryLabels
@@ -108,7 +108,7 @@ def train_distilled(
     model (as `DistilledModel`, under "model") and where it was saved.
     """
     if out_dir is not None:
-        check_replaceable_dir(out_dir, ["model.json"])  # fail before training, not after
+        check_replaceable_dir(out_dir, MODEL_KIND)  # fail before training, not after
     extractor = extractor or FeatureExtractor(features, device=device, cache=cache)
     data = build_dataset(extractor, trajectories, labels)
     if len(data.y) == 0 or data.y.sum() == 0 or data.y.sum() == len(data.y):

@@ -38,7 +38,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str 
     adapter = Path(adapter_dir)
     if not (adapter / "adapter_config.json").exists():
         raise InputError("not a PEFT adapter directory (no adapter_config.json)", adapter)
-    check_replaceable_dir(out_dir, ["config.json"])
+    check_replaceable_dir(out_dir, "model")
     ref = base_model or base_model_ref(adapter)
     path = causal_lm_path(ref)
     try:
@@ -48,7 +48,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str 
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(str(adapter))
     out = Path(out_dir)
-    with atomic_dir(out, ["config.json"]) as tmp:
+    with atomic_dir(out, "model") as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out

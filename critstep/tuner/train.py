@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from critstep.errors import InputError
-from critstep.io import atomic_write, write_json, write_jsonl
+from critstep.io import atomic_write, claim_output_dir, write_json, write_jsonl
 from critstep.models import load_tokenizer
 from critstep.trajectory import Trajectory
 from critstep.tuner.config import TuneConfig
@@ -89,6 +89,8 @@ def tune(
 
     out = Path(out_dir)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if accelerator.is_main_process:
+        claim_output_dir(out, "tune")  # never write into a directory of someone else's files
     device = accelerator.device
     torch.manual_seed(config.seed)
 

@@ -1,0 +1,107 @@
+"""An output never replaces what critstep did not write: special files, links, foreign directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from critstep.errors import OutputError
+from critstep.io import OUTPUT_MARKER, atomic_dir, atomic_write, claim_output_dir, output_kind, write_json
+
+
+def test_a_symlink_is_followed_and_its_target_replaced(tmp_path: Path) -> None:
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_json(link, {"a": 1})
+    assert link.is_symlink()
+    assert json.loads(target.read_text()) == {"a": 1}
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null") or os.geteuid() != 0, reason="needs root to be able to replace /dev/null")
+def test_a_device_is_written_through_never_replaced() -> None:
+    with atomic_write("/dev/null") as f:
+        f.write("discarded\n")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+def test_a_full_device_is_one_clear_error() -> None:
+    with pytest.raises(OutputError, match="/dev/full: cannot write"), atomic_write("/dev/full") as f:
+        f.write("x" * 100_000)
+
+
+def test_a_fifo_is_written_through(tmp_path: Path) -> None:
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    write_json(fifo, [1, 2])
+    reader.join(10)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert json.loads(got[0]) == [1, 2]
+
+
+def test_a_directory_is_not_a_file_output(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="is a directory"), atomic_write(tmp_path) as f:
+        f.write("x")
+
+
+def test_a_read_only_directory_is_one_clear_error(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories")
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match="cannot write"):
+            write_json(tmp_path / "out.json", {})
+    finally:
+        tmp_path.chmod(0o755)
+
+
+@pytest.mark.parametrize("their_file", ["config.json", "model.json", "notes.txt"])
+def test_a_directory_without_the_marker_is_never_replaced(tmp_path: Path, their_file: str) -> None:
+    # A folder that merely looks like a model (config.json, model.json) is still the user's.
+    (tmp_path / their_file).write_text("keep me")
+    with pytest.raises(OutputError, match="did not write"), atomic_dir(tmp_path, "model") as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert (tmp_path / their_file).read_text() == "keep me"
+    with pytest.raises(OutputError, match="did not write"):
+        claim_output_dir(tmp_path, "tune")
+
+
+def test_a_marked_directory_of_the_same_kind_is_replaced_and_of_another_kind_is_not(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with atomic_dir(out, "model") as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert output_kind(out) == "model"
+    with atomic_dir(out, "model") as tmp:
+        (tmp / "weights").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "weights"]
+    with pytest.raises(OutputError, match="critstep's model output"):
+        claim_output_dir(out, "tune")
+
+
+def test_claim_output_dir_marks_an_empty_directory_and_keeps_its_files_on_reuse(tmp_path: Path) -> None:
+    out = claim_output_dir(tmp_path / "run", "tune")
+    (out / "checkpoint").mkdir()
+    assert claim_output_dir(out, "tune") == out
+    assert (out / "checkpoint").is_dir() and output_kind(out) == "tune"
+
+
+def test_tune_refuses_an_unrelated_directory_before_loading_anything(tmp_path: Path) -> None:
+    from critstep.tuner import TuneConfig, tune
+
+    (tmp_path / "README.md").write_text("my notes")
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(OutputError, match="did not write"):
+        tune([], TuneConfig(model="does-not-matter"), tmp_path)
+    assert (tmp_path / "README.md").read_text() == "my notes"
+    assert (tmp_path / "tokenizer_config.json").read_text() == "{}"
