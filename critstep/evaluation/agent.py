@@ -1,0 +1,59 @@
+"""What an evaluated agent must do, whichever backend runs it.
+
+Offline, `evaluate_trajectory` generates every step of a trajectory from its gold prefix (and,
+where the backend can, scores the gold turn's NLL). Live, `respond` gives the next turn of a
+conversation; `reset_chat` starts a new episode. `timing` says where the seconds went.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from critstep.trajectory import Message, Trajectory
+
+
+@dataclass
+class StepOutput:
+    """One evaluated step: the generated turn and, where scored, the gold turn's summed token NLL."""
+
+    step: int
+    generated: str
+    nll_sum: float | None = None
+    n_tokens: int | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    error: str | None = None
+
+
+@dataclass
+class Timing:
+    """Seconds spent in forward passes over the context (NLL and prompt prefill) and in decoding."""
+
+    forward_s: float = 0.0
+    decode_s: float = 0.0
+    generated_tokens: int = 0
+    truncated_steps: int = 0
+    errors: int = 0
+    details: dict[str, float] = field(default_factory=dict)
+
+
+class Agent(Protocol):
+    timing: Timing
+
+    def evaluate_trajectory(self, trajectory: Trajectory) -> list[StepOutput]: ...
+
+    def respond(self, messages: list[dict[str, Any]]) -> str: ...
+
+    def reset_chat(self) -> None: ...
+
+
+def openai_message(m: Message) -> dict[str, Any]:
+    """A critstep message as an OpenAI chat message (what servers and live episodes exchange)."""
+    d: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        d["tool_calls"] = m.tool_calls
+    if m.tool_call_id is not None:
+        d["tool_call_id"] = m.tool_call_id
+    if m.name is not None:
+        d["name"] = m.name
+    return d
