@@ -22,6 +22,7 @@ LIVE_NEW_TOKENS = 64  # one command per turn
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory for eval.json, eval.md and the per-step or per-episode records.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Teacher labels: figures on their critical steps too.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N trajectories.")
+@click.option("--steps-per-trajectory", type=click.IntRange(1), help="At most N steps of each trajectory, spread from first to last (long runs otherwise dominate).")
 @click.option("--env", "env_name", type=click.Choice(list(ENVS)), help="Run live episodes in this environment instead of reading trajectories.")
 @click.option("--tasks", help="Live: comma-separated tasks (default: the environment's fixed suite).")
 @click.option("--episodes", type=click.IntRange(1), help="Live: episodes (variations) per task. [default: 2]")
@@ -47,6 +48,7 @@ def command(
     out: Path,
     labels: Path | None,
     limit: int | None,
+    steps_per_trajectory: int | None,
     env_name: str | None,
     tasks: str | None,
     episodes: int | None,
@@ -83,8 +85,8 @@ def command(
 
     if env_name is None and trajectories is None:
         raise click.UsageError("give TRAJECTORIES to evaluate offline, or --env NAME to run live episodes")
-    if env_name is not None and (trajectories is not None or labels is not None or limit is not None):
-        raise ConfigError("--env runs live episodes: TRAJECTORIES, --labels and --limit belong to offline evaluation")
+    if env_name is not None and (trajectories is not None or labels is not None or limit is not None or steps_per_trajectory is not None):
+        raise ConfigError("--env runs live episodes: TRAJECTORIES, --labels, --limit and --steps-per-trajectory belong to offline evaluation")
     if env_name is None and (tasks is not None or episodes is not None):
         raise ConfigError("--tasks and --episodes belong to live evaluation (--env)")
     if base_url is not None and (adapter is not None or load_4bit or chat_template is not None):
@@ -100,8 +102,8 @@ def command(
         assert env_name is not None
         _live(env_name, agent, tasks, episodes, max_steps, out, meta, seed, quiet)
     else:
-        meta |= {"trajectories": _display(trajectories), "labels": _display(labels)}
-        _offline(*data, agent, out, meta, seed, quiet)
+        meta |= {"trajectories": _display(trajectories), "labels": _display(labels), "steps_per_trajectory": steps_per_trajectory}
+        _offline(*data, agent, out, meta, seed, quiet, steps_per_trajectory)
 
 
 def _display(ref: Any) -> str | None:
@@ -167,12 +169,13 @@ def _read_offline(trajectories: Path, labels: Path | None, limit: int | None, fm
     return chosen, gold
 
 
-def _offline(chosen: list[Any], gold: dict[str, Any] | None, agent: Any, out: Path, meta: dict[str, Any], seed: int, quiet: bool) -> None:
+def _offline(chosen: list[Any], gold: dict[str, Any] | None, agent: Any, out: Path, meta: dict[str, Any], seed: int, quiet: bool,
+             steps_per_trajectory: int | None) -> None:
     from critstep.evaluation.offline import evaluate_offline, summarize
     from critstep.evaluation.report import write_offline_report
     from critstep.io import write_jsonl
 
-    run = evaluate_offline(chosen, agent, gold, progress=not quiet)
+    run = evaluate_offline(chosen, agent, gold, progress=not quiet, steps_per_trajectory=steps_per_trajectory)
     write_jsonl(out / "predictions.jsonl", (r.to_dict() for r in run.records))
     steps = len(run.records)
     t = agent.timing
@@ -184,6 +187,7 @@ def _offline(chosen: list[Any], gold: dict[str, Any] | None, agent: Any, out: Pa
         "decode_s": round(t.decode_s, 2),
         "generation_share": t.decode_s / run.seconds if run.seconds else None,
         "forward_share": t.forward_s / run.seconds if run.seconds else None,
+        "prompt_tokens": t.prompt_tokens,
         "generated_tokens": t.generated_tokens,
         "truncated_steps": t.truncated_steps,
         "generation_errors": t.errors,

@@ -9,7 +9,9 @@ has its own action syntax, so the extraction is env-aware:
 - `tau-airline`: the tool call (name + arguments), from `tool_calls` or from a tool call written in
   the text (critstep's rendering `name({...})`, Hermes/Qwen `<tool_call>{...}</tool_call>`, a
   Llama-3.1 JSON object); a turn without one is `respond` with its text, as tau-bench models it;
-- any other env: the last non-empty line (tool calls as for tau-airline).
+- any other env: the last non-empty line.
+
+In every env a tool call, structured or written in the text, is compared as a tool call.
 
 A turn with no action at all (a ReAct thought) is the action `think`: in these environments a
 thought changes nothing, so what counts is the decision to think rather than act.
@@ -38,6 +40,7 @@ _PLAN_LINE = re.compile(r"^actionpath\s*:", re.IGNORECASE)
 _ACTION_PREFIX = re.compile(r"^(?:>\s*|(?:action|act)\s*\d*\s*:\s*)+", re.IGNORECASE)
 _REACT_ACTION = re.compile(r"\b(search|lookup|finish)\s*\[(.*)\]", re.IGNORECASE)
 _TEXT_CALL = re.compile(r"^([A-Za-z_][\w.\-]*)\((.*)\)$", re.DOTALL)
+_NAME = re.compile(r"[A-Za-z_][\w\-]*")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUT = re.compile(r"^put (.+?) (?:in/on|in|on|into|onto) (.+)$")
 
@@ -55,15 +58,13 @@ class Action:
 def parse_action(env: str, content: str | None, tool_calls: Sequence[dict[str, Any]] | None = None) -> Action:
     """The action of one agent turn in `env` (its text and, if any, its structured tool calls)."""
     content = content or ""
-    if tool_calls:
-        return _tool_call_action([_call_parts(c) for c in tool_calls])
+    calls = [_call_parts(c) for c in tool_calls] if tool_calls else _calls_in_text(content)
+    if calls:  # in any env: a tool call is compared as one, however it was written
+        return _tool_call_action(calls)
     if env in ("alfworld", "sciworld"):
         return _command_action(content, alfworld=env == "alfworld")
     if env == "qa-search":
         return _react_qa_action(content)
-    calls = _calls_in_text(content)
-    if calls:
-        return _tool_call_action(calls)
     if env == "tau-airline":
         text = content.strip()
         return Action(RESPOND, text, f"{RESPOND}({_normalize_words(text)})")
@@ -114,11 +115,12 @@ def normalize_answer(text: str) -> str:
 
 
 def _last_line_action(content: str) -> Action:
-    lines = _lines(content)
+    lines = [line for line in _lines(content) if not line.startswith("```")]  # a code block's fence is not its action
     if not lines:
         return Action(THINK, THINK, THINK)
     line = _ACTION_PREFIX.sub("", lines[-1]).strip() or lines[-1]
-    return Action(line.split()[0].lower(), line, _normalize_words(line))
+    name = _NAME.match(line)
+    return Action(name.group(0).lower() if name else line.split()[0].lower(), line, _normalize_words(line))
 
 
 def _normalize_words(text: str) -> str:

@@ -1,13 +1,15 @@
 """What an evaluated agent must do, whichever backend runs it.
 
-Offline, `evaluate_trajectory` generates every step of a trajectory from its gold prefix (and,
-where the backend can, scores the gold turn's NLL). Live, `respond` gives the next turn of a
-conversation; `reset_chat` starts a new episode. `timing` says where the seconds went.
+Offline, `evaluate_trajectories` generates every step (or the given ones) of trajectories from
+their gold prefixes (and, where the backend can, scores the gold turns' NLL). Live, `respond`
+gives the next turn of a conversation; `reset_chat` starts a new episode. `timing` says where
+the seconds went.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from critstep.trajectory import Message, Trajectory
@@ -27,20 +29,23 @@ class StepOutput:
 
 @dataclass
 class Timing:
-    """Seconds spent in forward passes over the context (NLL and prompt prefill) and in decoding."""
+    """Seconds spent in forward passes over the context (NLL and prompt prefill) and in decoding,
+    and the tokens each read or wrote."""
 
     forward_s: float = 0.0
     decode_s: float = 0.0
+    prompt_tokens: int = 0  # tokens read by forward passes (a cached prefix is not read again)
     generated_tokens: int = 0
     truncated_steps: int = 0
     errors: int = 0
-    details: dict[str, float] = field(default_factory=dict)
 
 
 class Agent(Protocol):
     timing: Timing
 
-    def evaluate_trajectory(self, trajectory: Trajectory) -> list[StepOutput]: ...
+    def evaluate_trajectories(self, items: Iterable[tuple[Trajectory, Sequence[int] | None]]) -> Iterator[tuple[Trajectory, list[StepOutput]]]:
+        """Generate (and score) the given steps (None: every step) of each trajectory; yields each
+        trajectory with its outputs in step order, trajectories in input order."""
 
     def respond(self, messages: list[dict[str, Any]]) -> str: ...
 

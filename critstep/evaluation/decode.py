@@ -1,9 +1,10 @@
 """Batched greedy decoding that starts from KV caches already computed, written out as a loop.
 
-`transformers`' `generate` re-reads every prompt; here the prompts are prefixes of a window whose
+`transformers`' `generate` re-reads every prompt; here the prompts are prefixes of windows whose
 forward pass was needed anyway (for the gold turns' NLL), so each prompt's keys and values are
-cut from that window's cache, left-padded into one batch, and only new tokens are computed. Rows
-that finish leave the batch, so one long answer does not keep the others' compute alive.
+cut from its window's cache, left-padded into one batch (rows from any windows), and only new
+tokens are computed. Rows that finish leave the batch, so one long answer does not keep the
+others' compute alive.
 """
 
 from __future__ import annotations
@@ -21,27 +22,29 @@ def cache_argument() -> str:
     return "cache" if "cache" in fields else "past_key_values"
 
 
-def prefix_batch(window_cache: Any, lengths: Sequence[int]) -> tuple[Any, Any]:
-    """A batch cache whose row b holds the first `lengths[b]` positions of a one-row window cache,
-    left-padded to the longest, and the matching attention mask (0 on padding)."""
+def prefix_batch(rows: Sequence[tuple[Any, int]]) -> tuple[Any, Any]:
+    """A batch cache whose row b holds the first `n` positions of the one-row cache `rows[b] =
+    (cache, n)` (rows may come from different windows), left-padded to the longest, and the
+    matching attention mask (0 on padding)."""
     import torch
     from transformers import DynamicCache
 
-    longest = max(lengths)
+    longest = max(n for _, n in rows)
     batch = DynamicCache()
     mask = None
-    for index, layer in enumerate(window_cache.layers):
-        keys, values = layer.keys[0], layer.values[0]  # (heads, window, head_dim)
-        heads, _, dim = keys.shape
-        k = keys.new_zeros((len(lengths), heads, longest, dim))
-        v = values.new_zeros((len(lengths), heads, longest, dim))
-        for row, n in enumerate(lengths):
-            k[row, :, longest - n :] = keys[:, :n]
-            v[row, :, longest - n :] = values[:, :n]
+    for index in range(len(rows[0][0].layers)):
+        first = rows[0][0].layers[index].keys
+        heads, dim = first.shape[1], first.shape[3]
+        k = first.new_zeros((len(rows), heads, longest, dim))
+        v = first.new_zeros((len(rows), heads, longest, dim))
+        for row, (cache, n) in enumerate(rows):
+            layer = cache.layers[index]
+            k[row, :, longest - n :] = layer.keys[0, :, :n]
+            v[row, :, longest - n :] = layer.values[0, :, :n]
         batch.update(k, v, index)
         if mask is None:
-            mask = torch.zeros((len(lengths), longest), dtype=torch.long, device=keys.device)
-            for row, n in enumerate(lengths):
+            mask = torch.zeros((len(rows), longest), dtype=torch.long, device=first.device)
+            for row, (_, n) in enumerate(rows):
                 mask[row, longest - n :] = 1
     return batch, mask
 

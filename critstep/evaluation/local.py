@@ -10,18 +10,32 @@ the new tokens (the last action and the observation) are computed.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from critstep.errors import ConfigError, InputError, ModelError
 from critstep.evaluation.agent import StepOutput, Timing
 from critstep.evaluation.decode import cache_argument, greedy_decode, prefix_batch
-from critstep.evaluation.windows import eval_windows
+from critstep.evaluation.windows import EvalWindow, eval_windows
 from critstep.trajectory import Trajectory
 from critstep.tuner.render import RenderedTrajectory, load_chat_template, render_trajectory, template_source
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class _Row:
+    """A step waiting to be decoded: its prompt is the first `length` positions of `cache`."""
+
+    key: int  # which trajectory (input order)
+    step: int
+    cache: Any
+    length: int
+    first: int  # the first generated token (argmax at the prompt's last position)
+    nll: float
+    n_tokens: int
 
 
 def resolve_dtype(name: str, device: str) -> Any:
@@ -109,26 +123,56 @@ class LocalModel:
     def render(self, trajectory: Trajectory) -> RenderedTrajectory:
         return render_trajectory(trajectory, [], self.tokenizer, self.template)
 
-    def evaluate_trajectory(self, trajectory: Trajectory) -> list[StepOutput]:
-        return self.evaluate(self.render(trajectory))
+    def evaluate_trajectories(self, items: Iterable[tuple[Trajectory, Sequence[int] | None]]) -> Iterator[tuple[Trajectory, list[StepOutput]]]:
+        """Score and generate the given steps (None: all) of each trajectory; yields each trajectory
+        with its outputs, in input order, once all its steps are generated.
+
+        Steps wait in a queue until `batch_size` of them (from any windows and trajectories) can be
+        decoded together: one decoding pass costs about the same for one row as for sixteen.
+        """
+        queue: list[_Row] = []
+        done: dict[int, tuple[Trajectory, int, list[StepOutput]]] = {}
+        next_out = 0
+        for key, (trajectory, steps) in enumerate(items):
+            rendered = self.render(trajectory)
+            rows = [row for window in eval_windows(rendered, self.max_len, steps) for row in self._forward(key, rendered, window)]
+            done[key] = (trajectory, len(rows), [])
+            queue += rows
+            while len(queue) >= self.batch_size:
+                self._decode(queue[: self.batch_size], done)
+                queue = queue[self.batch_size :]
+            while next_out in done and len(done[next_out][2]) == done[next_out][1]:
+                trajectory, _, outputs = done.pop(next_out)
+                yield trajectory, sorted(outputs, key=lambda o: o.step)
+                next_out += 1
+        if queue:
+            self._decode(queue, done)
+        for key in sorted(done):
+            trajectory, _, outputs = done[key]
+            yield trajectory, sorted(outputs, key=lambda o: o.step)
 
     def evaluate(self, rendered: RenderedTrajectory, steps: Sequence[int] | None = None) -> list[StepOutput]:
-        """Score and generate `steps` (default: every step) of a rendered trajectory."""
-        outputs: list[StepOutput] = []
-        for window in eval_windows(rendered, self.max_len, steps):
-            self.timing.truncated_steps += window.truncated
-            outputs += self._evaluate_window([rendered.input_ids[p] for p in window.positions], window.steps, window.spans)
-        return outputs
+        """Score and generate `steps` (default: every step) of one rendered trajectory."""
+        rows = [row for window in eval_windows(rendered, self.max_len, steps) for row in self._forward(0, rendered, window)]
+        done: dict[int, tuple[Any, int, list[StepOutput]]] = {0: (rendered, len(rows), [])}
+        for lo in range(0, len(rows), self.batch_size):
+            self._decode(rows[lo : lo + self.batch_size], done)
+        return sorted(done[0][2], key=lambda o: o.step)
 
-    def _evaluate_window(self, ids: list[int], steps: list[int], spans: list[tuple[int, int]]) -> list[StepOutput]:
+    def _forward(self, key: int, rendered: RenderedTrajectory, window: EvalWindow) -> list[_Row]:
+        """One pass over `window`: every gold turn's NLL, each step's first generated token, and the
+        KV cache its prompt (a prefix of the window) is decoded from."""
         import torch
         import torch.nn.functional as F
         from transformers import DynamicCache
 
         started = time.perf_counter()
+        ids = [rendered.input_ids[p] for p in window.positions]
+        self.timing.prompt_tokens += len(ids)
+        self.timing.truncated_steps += window.truncated
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         # Logits are needed where a gold turn token is predicted: from one before its span to one before its end.
-        keep = [p for s, e in spans for p in range(s - 1, e - 1)]
+        keep = [p for s, e in window.spans for p in range(s - 1, e - 1)]
         cache = DynamicCache()
         with torch.no_grad():
             logits = self.model(
@@ -139,26 +183,22 @@ class LocalModel:
             ).logits[0].float()
             targets = input_ids[0, torch.tensor(keep, device=self.device) + 1]
             losses = F.cross_entropy(logits, targets, reduction="none").tolist()
-        first_tokens, nll, offset = [], [], 0
-        for s, e in spans:
-            first_tokens.append(int(logits[offset].argmax()))
-            nll.append(sum(losses[offset : offset + e - s]))
+        rows, offset = [], 0
+        for step, (s, e) in zip(window.steps, window.spans, strict=True):
+            rows.append(_Row(key, step, cache, s, int(logits[offset].argmax()), sum(losses[offset : offset + e - s]), e - s))
             offset += e - s
         self.timing.forward_s += time.perf_counter() - started
+        return rows
 
+    def _decode(self, rows: list[_Row], done: dict[int, tuple[Any, int, list[StepOutput]]]) -> None:
         started = time.perf_counter()
-        generated: list[list[int]] = []
-        for lo in range(0, len(spans), self.batch_size):
-            part = spans[lo : lo + self.batch_size]
-            lengths = [s for s, _ in part]
-            batch, mask = prefix_batch(cache, lengths)
-            generated += greedy_decode(self.model, batch, mask, lengths, first_tokens[lo : lo + self.batch_size], self.stop_ids, self.max_new_tokens)
+        lengths = [r.length for r in rows]
+        batch, mask = prefix_batch([(r.cache, r.length) for r in rows])
+        generated = greedy_decode(self.model, batch, mask, lengths, [r.first for r in rows], self.stop_ids, self.max_new_tokens)
         self.timing.decode_s += time.perf_counter() - started
         self.timing.generated_tokens += sum(len(g) for g in generated)
-        return [
-            StepOutput(k, self._text(tokens), loss, e - s)
-            for k, tokens, loss, (s, e) in zip(steps, generated, nll, spans, strict=True)
-        ]
+        for row, tokens in zip(rows, generated, strict=True):
+            done[row.key][2].append(StepOutput(row.step, self._text(tokens), row.nll, row.n_tokens))
 
     def _text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
@@ -189,6 +229,7 @@ class LocalModel:
         elif len(self._chat_ids) > common:
             self._chat_cache.crop(common - len(self._chat_ids))
         new = torch.tensor([ids[common:]], dtype=torch.long, device=self.device)
+        self.timing.prompt_tokens += len(ids) - common
         with torch.no_grad():
             logits = self.model(
                 input_ids=new,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,27 +53,36 @@ class OfflineRun:
     skipped: list[str] = field(default_factory=list)  # trajectories without a step
 
 
+def spread_steps(n_steps: int, at_most: int | None) -> list[int] | None:
+    """`at_most` step indices spread evenly from the first step to the last (None: every step)."""
+    if at_most is None or n_steps <= at_most:
+        return None
+    return sorted({round(i * (n_steps - 1) / max(1, at_most - 1)) for i in range(at_most)})
+
+
 def evaluate_offline(
     trajectories: Sequence[Trajectory],
     agent: Agent,
     labels: Mapping[str, TrajectoryLabels] | None = None,
     progress: bool = True,
-    on_trajectory: Callable[[Trajectory], None] | None = None,
+    steps_per_trajectory: int | None = None,
 ) -> OfflineRun:
-    """Generate and score every step of `trajectories` with `agent`."""
+    """Generate and score the steps of `trajectories` with `agent`: every step, or at most
+    `steps_per_trajectory` spread over each trajectory (long ScienceWorld runs would otherwise
+    outweigh every other env)."""
     from tqdm.auto import tqdm
 
     records: list[StepRecord] = []
-    skipped: list[str] = []
     started = time.perf_counter()
-    bar = tqdm(total=sum(t.n_steps for t in trajectories), unit="step", desc="eval", disable=not progress)
-    for t in trajectories:
-        if t.n_steps == 0:
-            skipped.append(t.id)
-            continue
+    chosen = {t.id: spread_steps(t.n_steps, steps_per_trajectory) for t in trajectories}
+    total = sum(t.n_steps if chosen[t.id] is None else len(chosen[t.id] or []) for t in trajectories)
+    bar = tqdm(total=total, unit="step", desc="eval", disable=not progress)
+    with_steps = [t for t in trajectories if t.n_steps > 0]
+    skipped = [t.id for t in trajectories if t.n_steps == 0]
+    for t, outputs in agent.evaluate_trajectories((t, chosen[t.id]) for t in with_steps):
         critical = set(labels[t.id].steps) if labels is not None and t.id in labels else None
         steps = t.steps()
-        for out in agent.evaluate_trajectory(t):
+        for out in outputs:
             message = steps[out.step].message
             gold = parse_action(t.env, message.content, message.tool_calls)
             predicted = parse_action(t.env, out.generated, out.tool_calls)
@@ -82,11 +91,9 @@ def evaluate_offline(
                 t.id, t.env, out.step, None if critical is None else out.step in critical, gold.text, predicted.text,
                 out.generated, exact, normalized, out.nll_sum, out.n_tokens, out.error,
             ))
-        bar.update(t.n_steps)
+        bar.update(len(outputs))
         elapsed = time.perf_counter() - started
         bar.set_postfix(steps_per_s=f"{len(records) / elapsed:.2f}" if elapsed else "-")
-        if on_trajectory is not None:
-            on_trajectory(t)
     bar.close()
     return OfflineRun(records, time.perf_counter() - started, skipped)
 

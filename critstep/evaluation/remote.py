@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -36,19 +37,37 @@ class RemoteModel:
         self.max_new_tokens = max_new_tokens
         self.concurrency = concurrency
         self.timing = Timing()
+        self._stopped: ModelError | None = None
 
-    def evaluate_trajectory(self, trajectory: Trajectory) -> list[StepOutput]:
-        messages = [openai_message(m) for m in trajectory.messages]
-        prefixes = [(k, messages[:i]) for k, i in enumerate(trajectory.step_message_indices)]
+    def evaluate_trajectories(self, items: Iterable[tuple[Trajectory, Sequence[int] | None]]) -> Iterator[tuple[Trajectory, list[StepOutput]]]:
+        """Every requested step of every trajectory goes to the pool at once (a batching server is
+        kept busy across trajectories); results come back per trajectory, in input order."""
         started = time.perf_counter()
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            outputs = list(pool.map(lambda item: self._step(*item), prefixes))
-        self.timing.decode_s += time.perf_counter() - started
-        return outputs
+        pool = ThreadPoolExecutor(self.concurrency)
+        try:
+            submitted = []
+            for trajectory, steps in items:
+                messages = [openai_message(m) for m in trajectory.messages]
+                wanted = set(range(trajectory.n_steps) if steps is None else steps)
+                futures = [pool.submit(self._step, k, messages[:i]) for k, i in enumerate(trajectory.step_message_indices) if k in wanted]
+                submitted.append((trajectory, futures))
+            for trajectory, futures in submitted:
+                outputs = [f.result() for f in futures]
+                if self._stopped is not None:
+                    raise self._stopped
+                yield trajectory, outputs
+        finally:
+            pool.shutdown(cancel_futures=True)
+            self.timing.decode_s += time.perf_counter() - started
 
     def _step(self, step: int, messages: list[dict[str, Any]]) -> StepOutput:
+        if self._stopped is not None:  # a request stopped the run (a bad key): the queued ones stay unsent
+            return StepOutput(step, "", error="not sent")
         try:
             content, tool_calls = self._complete(messages)
+        except ModelError as e:
+            self._stopped = e
+            return StepOutput(step, "", error=str(e))
         except self._openai.OpenAIError as e:  # this step fails (counted as a miss); the run goes on
             self.timing.errors += 1
             return StepOutput(step, "", error=self._redact(f"{type(e).__name__}: {e}"))
