@@ -70,7 +70,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "downstream")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="suffix of the result files (e.g. 8b)")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the plot (and the table) from the results JSON")
     args = ap.parse_args()
+    suffix = f"-{args.tag}" if args.tag else ""
+    if args.plot_only:
+        result = json.loads((args.out / f"downstream{suffix}.json").read_text())
+        plot(result, args.out / f"downstream{suffix}.png")
+        print_table(result)
+        return
 
     import torch
 
@@ -93,7 +100,6 @@ def main() -> None:
     evaluations = {name: evaluate(name, adapter, split, args, timings) for name, adapter in runs.items()}
 
     result = report(split, selections, evaluations, args, timings, time.perf_counter() - started)
-    suffix = f"-{args.tag}" if args.tag else ""
     args.out.mkdir(parents=True, exist_ok=True)
     from critstep.io import write_json
 
@@ -421,19 +427,23 @@ def plot(result: dict[str, Any], path: Path) -> None:
               ("on teacher-critical steps", lambda m: (m["offline"]["overall"]["critical"]["action_match_normalized"], m["offline"]["overall"]["critical"]["ci95"]["action_match_normalized"]))]
     if result["live"]:
         panels.append(("live ScienceWorld score (0-100)", lambda m: (m["live"]["mean"]["score"], m["live"]["mean"]["score_ci95"])))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4))
+    names = [n for n in result["models"] if n != "base"]
     for ax, (title, get) in zip(axes, panels, strict=True):
-        for name, m in result["models"].items():
+        for i, name in enumerate(names):
+            m = result["models"][name]
             value, ci = get(m)
-            if name == "base":
-                ax.axhline(value, color="grey", linestyle="--", label="untuned base")
-                continue
-            x = max(m["selection"]["usd_per_1k"], 1e-4)
+            x = m["selection"]["usd_per_1k"]
             err = [[value - ci[0]], [ci[1] - value]] if ci else None
             ax.errorbar([x], [value], yerr=err, fmt="o", capsize=4, label=name)
-            ax.annotate(name, (x, value), textcoords="offset points", xytext=(6, 4), fontsize=8)
-        ax.set_xscale("log")
-        ax.set_xlabel("selection cost, $ per 1,000 trajectories (log)")
+            ax.annotate(name, (x, value), textcoords="offset points", xytext=(6, 10 if i % 2 else -14), fontsize=8)
+        base, base_ci = get(result["models"]["base"])
+        ax.axhline(base, color="grey", linestyle="--", label="untuned base")
+        if base_ci:
+            ax.axhspan(base_ci[0], base_ci[1], color="grey", alpha=0.12)
+        ax.set_xscale("symlog", linthresh=1e-3)  # $0 selectors at 0, the rest on a log scale
+        ax.set_xlim(-1e-4, 30)
+        ax.set_xlabel("selection cost, $ per 1,000 trajectories")
         ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
