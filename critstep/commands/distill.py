@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from critstep.cli import FORMAT_OPTION
 from critstep.commands._features import cache_arg, feature_config, feature_options
+from critstep.commands._options import FORMAT_OPTION
 from critstep.errors import ConfigError
 
 
