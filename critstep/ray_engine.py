@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import pickle
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,9 @@ class RaySelections:
     def __enter__(self) -> RaySelections:
         ray = import_ray()
         if not ray.is_initialized():
-            init: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+            # Ray's own notes are not the user's business; its errors reach the user as exceptions,
+            # turned into one line below.
+            init: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
             if self.options.address is None:
                 # the actors' CPUs, and one for the read tasks (which ask for a quarter each)
                 init["num_cpus"] = int(np.ceil(self.options.num_workers * self.options.cpus_per_worker)) + 1
@@ -84,15 +87,23 @@ class RaySelections:
             self._started = True
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # results come back in input order
-        context.enable_progress_bars = False
+        context.enable_progress_bars = sys.stderr.isatty()
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # execution plans and progress notes are Ray's business
         self._results = self._pipeline(ray)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._started:
-            import ray
+    def __exit__(self, kind: object, *exc: object) -> None:
+        results, self._results = self._results, None
+        try:
+            if kind is None and results is not None and next(results, None) is not None:
+                raise CritstepError("Ray returned more batches than the input holds")
+        finally:
+            if results is not None:
+                results.close()  # before Ray goes: the iterator reports to Ray as it closes
+            if self._started:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
 
     def _pipeline(self, ray: Any) -> Iterator[dict[str, Any]]:
         plan = [{"shard": i, "path": str(path), "count": -1 if count is None else count} for i, (path, count) in enumerate(self._shard_counts())]
@@ -102,9 +113,11 @@ class RaySelections:
         name, options = self.selector
         if gpus and options.get("device", "unset") is None:
             options = {**options, "device": "cuda"}
+        # The selector's spec travels inside the actor class, not as constructor arguments (which
+        # Ray would keep in the object store for actor restarts, and warn about).
+        actor = type("SelectBatches", (_SelectBatches,), {"spec": (name, options, self.ratio)})
         ds = ds.map_batches(
-            _SelectBatches,
-            fn_constructor_kwargs={"name": name, "options": options, "ratio": self.ratio},
+            actor,
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=self.options.num_workers),
             num_cpus=self.options.cpus_per_worker,
@@ -164,12 +177,14 @@ def _read_batches(row: dict[str, Any], fmt: str | None, batch_size: int) -> Iter
 class _SelectBatches:
     """A Ray actor: builds the selector once, then selects batch after batch."""
 
-    def __init__(self, name: str, options: dict[str, Any], ratio: float):
+    spec: tuple[str, dict[str, Any], float]  # selector name, its options, the ratio
+
+    def __init__(self) -> None:
         from critstep.selector import build_selector
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        name, options, self.ratio = self.spec
         self.selector = build_selector(name, **options)
-        self.ratio = ratio
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"shard": [], "chunk": [], "selections": [], "error": []}
