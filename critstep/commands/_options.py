@@ -12,9 +12,11 @@ FORMAT_OPTION = click.option(
     "--format", "fmt", type=click.Choice(FORMATS), default=None, help="Input format (default: detected per record)."
 )
 
-LIMIT_OPTION = click.option(
-    "--limit", type=click.IntRange(min=1), default=None, help="Read only the first N trajectories of the input (a trial run)."
-)
+def limit_option(what: str = "trajectories of the input") -> Any:
+    return click.option("--limit", type=click.IntRange(min=1), default=None, help=f"Use only the first N {what} (a trial run).")
+
+
+LIMIT_OPTION = limit_option()
 
 
 class SourceType(click.ParamType):
