@@ -187,7 +187,7 @@ def _zstd() -> Any:
     try:
         import zstandard
     except ImportError:
-        raise ConfigError("reading or writing .zst needs zstandard: pip install 'critstep[scale]'") from None
+        raise ConfigError("reading or writing .zst needs zstandard: pip install zstandard") from None
     return zstandard
 
 
@@ -195,5 +195,5 @@ def _parquet() -> Any:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise ConfigError("reading Parquet needs pyarrow: pip install 'critstep[scale]'") from None
+        raise ConfigError("reading Parquet needs pyarrow: pip install pyarrow") from None
     return pq
