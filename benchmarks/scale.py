@@ -118,6 +118,30 @@ def memory(work: Path, multiples: list[int], batch_size: int) -> list[dict]:
     return rows
 
 
+def id_memory(n: int) -> dict:
+    """Bytes per id of the duplicate check (sorted 64-bit hashes) against a set of the id strings."""
+    import tracemalloc
+
+    from critstep.formats import IdRegistry
+
+    ids = [f"knowagent-alfworld/D0/pick_and_place_simple-Pencil-None-Shelf-308/{i}#copy{i % 16}" for i in range(n)]
+    out = {"ids": n, "id_chars": round(sum(map(len, ids)) / n, 1)}
+    for name, make in (("hash_array", IdRegistry), ("string_set", set)):
+        tracemalloc.start()
+        registry = make()
+        for i in ids:
+            registry.add(i)
+        size, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        # the string set holds the strings themselves, which the hash array does not keep
+        strings = sum(sys.getsizeof(i) for i in ids) if name == "string_set" else 0
+        out[name] = {"bytes_per_id": round((size + strings) / n, 1), "peak_bytes_per_id": round((peak + strings) / n, 1)}
+        del registry
+    print(f"duplicate check, {n:,} ids: {out['hash_array']['bytes_per_id']} bytes/id (peak {out['hash_array']['peak_bytes_per_id']}) "
+          f"vs a set of the strings {out['string_set']['bytes_per_id']}", flush=True)
+    return out
+
+
 def throughput(work: Path, n: int, batch_size: int, rounds: int) -> dict:
     lines = (SHARED / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
     step = max(1, len(lines) // n)
@@ -192,6 +216,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--gpu-tokens-per-s", type=float, default=50_000.0,
                         help="ASSUMED forward throughput of smollm2-135m on one L4 (not measured here: no GPU).")
+    parser.add_argument("--ids", type=int, default=1_000_000, help="Ids for the duplicate-check memory figure.")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
@@ -208,6 +233,7 @@ def main() -> None:
         result["memory"] = memory(work, [int(m) for m in args.multiples.split(",")], args.batch_size)
         base = result["memory"][0]["select_peak_rss_mib"]
         result["memory_growth_largest_vs_1x"] = round(result["memory"][-1]["select_peak_rss_mib"] / base - 1, 3)
+    result["id_memory"] = id_memory(args.ids)
     if not args.skip_throughput:
         result["throughput"] = throughput(work, args.throughput_n, args.throughput_batch_size, args.rounds)
         print(json.dumps(result["throughput"], indent=2))
