@@ -1,10 +1,10 @@
 """Selection past one machine: memory that stays flat, Ray's throughput and overhead, a 10M plan.
 
-    nice -n 5 python benchmarks/scale.py                      # all three parts (~30 min on 2 loaded cores)
+    nice -n 5 python benchmarks/scale.py                      # all three parts (~20 min on 2 loaded cores)
     python benchmarks/scale.py --skip-throughput              # memory only (~10 min)
 
-1. Peak RSS of `critstep select` (plain engine, a distilled model with structural features so
-   the run is bound by reading and writing, not by a model) on 1x, 4x and 16x the corpus: the
+1. Peak RSS of `critstep select` (plain engine, the random selector, so the run is bound by
+   reading, parsing and writing, the part that grows with the input) on 1x, 4x and 16x the corpus: the
    copies are shards of the corpus with new ids (`<id>#copy<k>`), zstd-compressed. Beside it, the
    peak RSS of loading the same input into a list, which is what streaming avoids.
 2. Throughput of the shipped distilled model (semantic + structural features computed, no cache)
@@ -94,10 +94,6 @@ def make_copies(work: Path, copies: int) -> Path:
 
 def memory(work: Path, multiples: list[int], batch_size: int) -> list[dict]:
     copies = make_copies(work, max(multiples))
-    model = work / "structural-model"
-    if not model.exists():
-        critstep("distill", str(SHARED / "corpus.jsonl"), "--labels", str(SHARED / "seed_labels.jsonl"), "--features", "structural",
-                 "--folds", "0", "--out", str(model), "--no-cache")
     rows = []
     for m in multiples:
         shards = [copies / f"copy-{k:02d}.jsonl.zst" for k in range(m)]
@@ -108,7 +104,7 @@ def memory(work: Path, multiples: list[int], batch_size: int) -> list[dict]:
             if not link.exists():
                 link.symlink_to(s)
         out = work / f"out-{m}x"
-        select = measured(PEAK, "select", glob_source, "--model", str(model), "--no-cache", "--batch-size", str(batch_size), "--out", str(out))
+        select = measured(PEAK, "select", glob_source, "--selector", "random", "--batch-size", str(batch_size), "--out", str(out))
         loaded = measured(LOAD_ALL, glob_source)
         n = int(re.search(r"in ([\d,]+) trajectories", select["stdout"]).group(1).replace(",", ""))
         rows.append({"multiple": m, "shards": m, "trajectories": n, "select_peak_rss_mib": round(select["peak_rss_mib"], 1),
@@ -211,8 +207,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="Scratch directory (default: a temporary one).")
     parser.add_argument("--multiples", default="1,4,16")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--throughput-n", type=int, default=128, help="Trajectories in the throughput sample.")
-    parser.add_argument("--throughput-batch-size", type=int, default=32)
+    parser.add_argument("--throughput-n", type=int, default=64, help="Trajectories in the throughput sample.")
+    parser.add_argument("--throughput-batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--gpu-tokens-per-s", type=float, default=50_000.0,
                         help="ASSUMED forward throughput of smollm2-135m on one L4 (not measured here: no GPU).")
