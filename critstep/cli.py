@@ -10,12 +10,9 @@ from typing import Any
 import click
 
 from critstep import __version__
+from critstep.commands._options import FORMAT_OPTION, input_argument
 from critstep.errors import CritstepError, InputError
-from critstep.formats import FORMATS, read_trajectories
-
-FORMAT_OPTION = click.option(
-    "--format", "fmt", type=click.Choice(FORMATS), default=None, help="Input format (default: detected per record)."
-)
+from critstep.formats import TrajectoryReader
 
 
 class CritstepGroup(click.Group):
@@ -36,14 +33,18 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@input_argument("path")
 @FORMAT_OPTION
-def validate(path: Path, fmt: str | None) -> None:
-    """Read PATH, print counts per env, and list every problem (exit 1 if any)."""
+def validate(path: str, fmt: str | None) -> None:
+    """Read PATH (a file, a directory or a quoted glob of shards), print counts per env, and list
+    every problem (exit 1 if any). The input is streamed: any size fits in memory."""
     problems: list[InputError] = []
-    trajectories = read_trajectories(path, fmt, on_error=problems.append)
     stats: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for t in trajectories:
+    formats: set[str] = set()
+    reader = TrajectoryReader(path, fmt, on_error=problems.append)
+    for t in reader:
+        if t.origin:
+            formats.add(t.origin.format)
         row = stats[t.env]
         row[0] += 1
         row[1] += t.n_steps
@@ -58,8 +59,9 @@ def validate(path: Path, fmt: str | None) -> None:
     total = [sum(r[i] for r in stats.values()) for i in range(4)]
     click.echo("-" * len(header))
     click.echo(f"{'total':<16}{total[0]:>14,}{total[1]:>10,}{total[2]:>16,}{total[3]:>14,}")
-    formats = sorted({t.origin.format for t in trajectories if t.origin})
-    click.echo(f"format: {', '.join(formats) or '-'}")
+    click.echo(f"format: {', '.join(sorted(formats)) or '-'}")
+    if len(reader.files) > 1:
+        click.echo(f"files: {len(reader.files):,}")
     if problems:
         click.secho(f"{len(problems)} problem(s):", fg="red", err=True)
         for p in problems:

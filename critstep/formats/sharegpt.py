@@ -60,7 +60,7 @@ def parse(value: dict[str, Any], origin: Origin, fallback_id: str) -> Trajectory
                 extra={k: v for k, v in t.items() if k not in (role_key, content_key, "loss")},
             )
         )
-    _mark_acknowledgement(messages)
+    mark_acknowledgement(messages)
     metadata = {k: v for k, v in value.items() if k not in ("conversations", "id")}
     return Trajectory(
         id=str(value.get("id") or fallback_id),
@@ -70,7 +70,7 @@ def parse(value: dict[str, Any], origin: Origin, fallback_id: str) -> Trajectory
     )
 
 
-def _mark_acknowledgement(messages: list[Message]) -> None:
+def mark_acknowledgement(messages: list[Message]) -> None:
     """Flag the first assistant turn if it only acknowledges the instruction before the task."""
     first = next((i for i, m in enumerate(messages) if m.role == "assistant"), None)
     if first is None or first + 1 >= len(messages) or messages[first + 1].role != "user":
