@@ -19,7 +19,11 @@ FORMAT_OPTION = click.option(
 
 
 class CritstepGroup(click.Group):
-    """Turns library errors into one clear line and a non-zero exit, not a traceback."""
+    """Turns library errors into one clear line and a non-zero exit, not a traceback.
+
+    An `OSError` naming a file (a read or write the code did not anticipate: permission denied, a
+    directory where a file belongs, a full disk) is reported the same way.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -27,12 +31,21 @@ class CritstepGroup(click.Group):
         except CritstepError as e:
             click.secho(f"Error: {e}", fg="red", err=True)
             sys.exit(1)
+        except OSError as e:
+            if e.filename is None:
+                raise
+            click.secho(f"Error: {e.filename}: {e.strerror or e}", fg="red", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=CritstepGroup)
 @click.version_option(__version__, prog_name="critstep")
 def cli() -> None:
     """Select the critical steps of agent trajectories and finetune on them (ATLaS-style)."""
+    from critstep.runtime import configure_cpu_threads, hush_foreign_warnings
+
+    configure_cpu_threads()  # before any subcommand loads torch
+    hush_foreign_warnings()
 
 
 @cli.command()
@@ -42,6 +55,8 @@ def validate(path: Path, fmt: str | None) -> None:
     """Read PATH, print counts per env, and list every problem (exit 1 if any)."""
     problems: list[InputError] = []
     trajectories = read_trajectories(path, fmt, on_error=problems.append)
+    if not trajectories and not problems:
+        raise InputError("no trajectories: the file holds no records", path)
     stats: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for t in trajectories:
         row = stats[t.env]
@@ -78,8 +93,10 @@ def models() -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to write safetensors + tokenizer to.")
 def models_export(ref: str, out: Path) -> None:
     """Save causal LM REF (e.g. smollm2-135m from its GGUF) as ordinary safetensors."""
+    from critstep.io import check_outputs_apart
     from critstep.models import export_causal_lm
 
+    check_outputs_apart({"REF": ref}, {}, {"--out": out})
     click.echo(f"wrote {export_causal_lm(ref, out)}")
 
 

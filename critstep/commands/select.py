@@ -70,6 +70,7 @@ def command(
     from collections import Counter
 
     from critstep.formats import read_trajectories, write_trajectories
+    from critstep.io import check_outputs_apart
     from critstep.selector import build_selector
 
     cache = cache_arg(cache_dir, no_cache)
@@ -101,6 +102,7 @@ def command(
         options = {"seed": seed}
     else:
         options = {}
+    check_outputs_apart({"TRAJ": traj}, {"--out": out, "--oracle-cache": _oracle_cache(name, oracle_cache)})
     selector = build_selector(name, **options)
     trajectories = read_trajectories(traj, fmt)
     selections = selector.select(trajectories, ratio=ratio)
@@ -114,3 +116,12 @@ def command(
                    f"{len(run.unsent)} not sent; ${run.cost_usd:.4f} spent ({budget} budget)")
     click.echo(f"{name}: selected {chosen:,} of {steps:,} steps ({chosen / max(1, steps):.1%}) in {len(trajectories):,} trajectories "
                f"({', '.join(f'{e} {n}' for e, n in sorted(envs.items()))}); wrote {out}")
+
+
+def _oracle_cache(name: str, path: Path | None) -> Path | None:
+    """The answer cache the oracle (or the cascade's oracle) appends to, if it runs."""
+    if name not in ("oracle", "cascade"):
+        return None
+    from critstep.selector.oracle import OracleConfig
+
+    return OracleConfig(cache_path=path).resolved_cache_path()

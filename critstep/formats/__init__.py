@@ -43,6 +43,8 @@ def read_trajectories(path: str | Path, format: str | None = None, on_error: Err
     if format is not None and format not in READERS:
         raise InputError(f"unknown format {format!r} (known: {', '.join(FORMATS)})", path)
     records = _records(path, format, on_error)
+    if not records and on_error is None:
+        raise InputError("no trajectories: the file holds no records", path)
     out: list[Trajectory] = []
     seen: dict[str, int] = {}
     for n, rec in enumerate(records):
