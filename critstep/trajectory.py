@@ -141,15 +141,16 @@ class Trajectory:
         return out
 
     def _observation(self, positions: range) -> str | None:
-        """The user/tool text between this step and the neighbouring step in one direction.
+        """The user/tool text between this step and the neighbouring assistant message in one direction.
 
         Consecutive tool results are joined, so a step that fires several tool calls sees all
-        their outputs as one observation.
+        their outputs as one observation. An acknowledgement bounds it like a step: the first step
+        reacts to the task, not to the instruction acknowledged before it.
         """
         parts: list[str] = []
         for i in positions:
             m = self.messages[i]
-            if m.is_step:
+            if m.role == "assistant":
                 break
             if m.role in ("user", "tool"):
                 parts.append(m.content)
