@@ -61,6 +61,14 @@ def free_cores(cores: int | None = None, load: float | None = None) -> int:
     return max(1, min(cores, math.floor(cores - load + 0.5)))
 
 
+def cpu_share(threads: int, cores: int | None = None, load: float | None = None) -> float:
+    """Cores' worth of CPU time `threads` busy threads can expect beside `load` other runnable
+    ones on `cores` cores, with the scheduler sharing fairly."""
+    cores = usable_cores() if cores is None else cores
+    load = busy_cores() if load is None else load
+    return min(float(threads), cores * threads / (threads + load))
+
+
 def configure_cpu_threads(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Set OMP_NUM_THREADS to the free cores and OMP_WAIT_POLICY to PASSIVE unless the user set
     them; returns what was set. Does nothing once torch is loaded: OpenMP has read them by then."""

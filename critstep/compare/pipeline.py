@@ -17,7 +17,6 @@ from critstep.compare.costs import load_compute_prices
 from critstep.compare.plot import plot_cost_vs_f1
 from critstep.compare.report import Row, build_rows, render_markdown, write_report_json, write_report_markdown
 from critstep.compare.run import SelectorResult, read_predictions, restrict, timed
-from critstep.errors import InputError
 from critstep.formats import read_trajectories
 from critstep.io import check_outputs_apart, claim_output_dir, portable_path
 from critstep.labels import TrajectoryLabels, read_labels, selections_from_labels
@@ -74,9 +73,7 @@ def run_compare(
     claim_output_dir(out, "compare")  # before the slow work, not after
     everything = read_trajectories(trajectories_path, options.format)
     gold_labels = read_labels(labels_path, everything)
-    trajs = [t for t in everything if t.id in gold_labels]
-    if not trajs:
-        raise InputError(f"none of the {len(everything)} trajectories of {trajectories_path} is labeled here", labels_path)
+    trajs = [t for t in everything if t.id in gold_labels]  # read_labels: not empty, every id known
     if len(trajs) < len(everything):
         echo(f"comparing on the {len(trajs)} labeled trajectories of {len(everything)}")
     ids = [t.id for t in trajs]
