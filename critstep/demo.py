@@ -201,17 +201,15 @@ def _teacher_labels(trajectories: Sequence[Trajectory], options: DemoOptions, ec
 
 
 def _hush_libraries() -> None:
-    """Keep the demo's output to what it did: library chatter and loading bars go, errors stay."""
-    import logging
-    import warnings
-
+    """Keep the demo's output to what it did: loading bars and the known foreign warnings go, any
+    other warning and every error stay."""
     from transformers.utils import logging as hf_logging
+
+    from critstep.runtime import hush_foreign_warnings
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+    hush_foreign_warnings()
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:

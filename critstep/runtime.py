@@ -1,12 +1,14 @@
-"""How the command line runs torch on a CPU it may share: threads for the free cores, idle ones asleep.
+"""How the command line runs torch on a CPU it may share: threads for the free cores, idle ones
+asleep, and no foreign warnings.
 
 torch parallelises each operation over an OpenMP thread pool as large as the machine, and its
 OpenMP (libgomp) lets a thread that reaches a barrier spin for a while before it sleeps. An
-operation ends only when its slowest thread does, so when another busy process holds one of the
-cores, every one of the thousands of operations of a training step waits for a thread the
-scheduler has parked, while its partner burns the remaining core spinning. On 2 cores shared with
-one other busy process the demo's tuning stage went from ~6.5 s to ~60 s per step this way
-(`benchmarks/demo_under_load.py` measures it).
+operation ends only when its slowest thread does, so when other busy processes hold the cores,
+every one of the thousands of operations of a training step waits for a thread the scheduler has
+parked, while its partner burns CPU spinning. Issue 15 saw the demo's tuning stage go from ~6.5 s
+to ~60 s per step on 2 cores shared with one busy process; `benchmarks/demo_under_load.py`
+measures the demo's tuning under a competing process with torch's defaults and with the settings
+below, side by side (3.2x faster with these on this project's loaded machine).
 
 `configure_cpu_threads` therefore sizes the pool to the cores that are free when the command
 starts and makes idle threads sleep (`OMP_WAIT_POLICY=PASSIVE`). OpenMP reads both once, when

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from critstep.errors import InputError
-from critstep.io import atomic_write, claim_output_dir, write_json, write_jsonl
+from critstep.io import atomic_write, claim_output_dir, portable_path, write_json, write_jsonl
 from critstep.models import load_tokenizer
 from critstep.trajectory import Trajectory
 from critstep.tuner.config import TuneConfig
@@ -60,7 +60,7 @@ class TuneResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "out_dir": str(self.out_dir),
+            "out_dir": portable_path(self.out_dir),
             "steps": self.steps,
             "eval_loss_before": self.eval_loss_before,
             "eval_loss_after": self.eval_loss_after,
