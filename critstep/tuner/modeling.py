@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from critstep.errors import ConfigError, ModelError
-from critstep.models import CAUSAL_LMS, causal_lm_path
+from critstep.models import causal_lm_path
 from critstep.tuner.config import TuneConfig
 
 
@@ -53,8 +53,6 @@ def load_model(config: TuneConfig, device: Any) -> Any:
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=config.trust_remote_code, **kwargs)
     except OSError as e:
         raise ModelError(f"cannot load causal LM {config.model!r} from {path}: {e}") from None
-    if config.model in CAUSAL_LMS:  # outputs name the built-in, not this machine's cache path
-        model.name_or_path = model.config.name_or_path = config.model
     if config.mode != "qlora":
         model.to(device)
     model.config.use_cache = False
