@@ -7,8 +7,9 @@ import io
 import json
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ class Record:
     value: Any
     line: int
     key: str | None = None
+
+
+TOO_DEEP = "malformed JSON: nested too deeply to read"
 
 
 def read_records(path: str | Path, on_error: Callable[[InputError], None] | None = None) -> list[Record]:
@@ -63,11 +67,13 @@ def iter_records(path: str | Path, on_error: Callable[[InputError], None] | None
             head = scanner.first_line()
             try:
                 value = json.loads(head)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 # Not one record per line: a single (pretty-printed) object, read whole.
                 text = head + scanner.rest()
                 try:
                     value = json.loads(text)
+                except RecursionError:
+                    raise InputError(TOO_DEEP, path, scanner.first_value_line) from None
                 except json.JSONDecodeError as e:
                     if e.msg != "Extra data":
                         raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
@@ -98,8 +104,8 @@ def _scan_jsonl(lines: Iterable[str], path: Path, on_error: Callable[[InputError
             continue
         try:
             yield Record(json.loads(line), lineno)
-        except json.JSONDecodeError as e:
-            error = InputError(f"malformed JSON: {e.msg} (column {e.colno})", path, lineno)
+        except (json.JSONDecodeError, RecursionError) as e:
+            error = InputError(f"malformed JSON: {e.msg} (column {e.colno})" if isinstance(e, json.JSONDecodeError) else TOO_DEEP, path, lineno)
             if on_error is None:
                 raise error from None
             on_error(error)
@@ -182,6 +188,8 @@ class _Scanner:
                     continue
                 line = self.line + self.text.count("\n", self.pos, e.pos)
                 raise InputError(f"malformed JSON: {e.msg}", self.path, line) from None
+            except RecursionError:
+                raise InputError(TOO_DEEP, self.path, self.line) from None
             if end == len(self.text) and self._fill():
                 continue  # a number may go on in the next chunk
             self._advance(end)
@@ -373,6 +381,96 @@ def _write_marker(directory: Path, kind: str) -> None:
     (directory / OUTPUT_MARKER).write_text(json.dumps({"kind": kind, "written_by": f"critstep {__version__}"}) + "\n")
 
 
+def portable_path(path: str | Path) -> str:
+    """`path` as a results file or report records it: never absolute, since results travel to
+    other machines. A file shipped inside critstep is named by its place in the package
+    (`critstep/configs/prices.yaml`); any other absolute path becomes relative to the current
+    directory (just its name where no relative path exists, e.g. across Windows drives)."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    package = Path(__file__).resolve().parent
+    if path.resolve().is_relative_to(package):
+        return path.resolve().relative_to(package.parent).as_posix()
+    try:
+        return Path(os.path.relpath(path)).as_posix()
+    except ValueError:
+        return path.name
+
+
+PathArg = str | Path | None
+
+
+def check_outputs_apart(
+    inputs: dict[str, PathArg | Sequence[PathArg]], outputs: dict[str, PathArg], output_dirs: dict[str, PathArg] | None = None
+) -> None:
+    """Refuse a run that would write over one of its own inputs, or write two outputs to one file.
+
+    Keys are what the user typed (`"PATH"`, `"--out"`, `"--cache"`); None values are skipped.
+    Paths are compared as the files they name, after following symlinks, and by device and inode
+    where both exist (so a hard link counts too). A directory written whole (`output_dirs`) is
+    refused when an input lies inside it. Devices and FIFOs are written through, never replaced,
+    so they are not compared. Called before any slow or paid work.
+    """
+    given_inputs = [(k, Path(p)) for k, v in inputs.items() if v is not None
+                    for p in ([v] if isinstance(v, (str, os.PathLike)) else v)]  # a sharded input: each file
+    given_outputs = [(k, Path(v)) for k, v in outputs.items() if v is not None]
+    for n, (out_name, out) in enumerate(given_outputs):
+        if not _replaceable(out):
+            continue
+        for in_name, source in given_inputs:
+            if _replaceable(source) and _same_file(out, source):
+                where = "" if str(source) == str(out) else f" ({source})"
+                raise OutputError(f"{out_name} is the input {in_name}{where}: refusing to overwrite it; choose another {out_name}", out)
+        for other_name, other in given_outputs[n + 1 :]:
+            if _replaceable(other) and _same_file(out, other):
+                raise OutputError(f"{out_name} and {other_name} are the same file: give them different paths", out)
+    for out_name, directory in ((k, Path(v)) for k, v in (output_dirs or {}).items() if v is not None):
+        for in_name, source in given_inputs:
+            if source.exists() and _inside(source, directory):
+                if _same_file(source, directory):
+                    raise OutputError(f"{out_name} is the input {in_name}: refusing to replace it; choose another {out_name}", directory)
+                raise OutputError(
+                    f"the input {in_name} ({source}) lies in {out_name}, which is replaced whole: it would be lost; choose another {out_name}",
+                    directory,
+                )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    ia, ib = _identity(a), _identity(b)
+    if ia is not None and ib is not None:
+        return ia == ib
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _replaceable(path: Path) -> bool:
+    """A regular file, a directory, or nothing yet: what an output would replace (not a device or FIFO)."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return True
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    target = _identity(directory)
+    real = Path(os.path.realpath(path))
+    for parent in (real, *real.parents):
+        if target is not None and _identity(parent) == target:
+            return True
+        if target is None and parent == Path(os.path.realpath(directory)):
+            return True
+    return False
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -387,12 +485,22 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     n = 0
     with atomic_write(path, "wb") as f, compressed(f, Path(path)) as text:
         for row in rows:
-            text.write(json.dumps(row, ensure_ascii=False) + "\n")
+            text.write(_dumps(row) + "\n")
             n += 1
     return n
 
 
 def write_json(path: str | Path, value: Any) -> None:
     with atomic_write(path) as f:
-        json.dump(value, f, ensure_ascii=False, indent=2)
-        f.write("\n")
+        f.write(_dumps(value, indent=2) + "\n")
+
+
+def _dumps(value: Any, indent: int | None = None) -> str:
+    """JSON with text as UTF-8; a string UTF-8 cannot hold (an unpaired surrogate, which JSON input
+    may carry as an escape) keeps its escape instead, so what was read is written back exactly."""
+    text = json.dumps(value, ensure_ascii=False, indent=indent)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, indent=indent)
+    return text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import gzip
 import io
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,9 +104,14 @@ def open_text(path: Path) -> Iterator[IO[str]]:
     """A text stream of `path`, decompressed by suffix; a UTF-8 byte-order mark is dropped."""
     compression = _split_suffix(path)[2]
     try:
+        mode = path.stat().st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):  # /dev/zero would be read forever
+            raise InputError("is a device, not a file", path)
         raw = open(path, "rb")  # noqa: SIM115 (closed below, with the decompressor around it)
     except FileNotFoundError:
         raise InputError("no such file", path) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, not a file", path) from None
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror}", path) from None
     try:

@@ -45,7 +45,7 @@ def _setup_logging() -> None:
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Answer cache (default: $CRITSTEP_CACHE/oracle/cache.jsonl).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the answer cache.")
 @click.option("--retry-failed", is_flag=True, help="Ask again for trajectories whose cached answer was invalid.")
-@click.option("--prices", "prices_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Price table (default: $CRITSTEP_PRICES, else configs/prices.yaml).")
+@click.option("--prices", "prices_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Price table: a file here, else one of critstep's configs (default: $CRITSTEP_PRICES, else configs/prices.yaml).")
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds per request before it is retried.")
 @click.option("--max-retries", type=click.IntRange(0), default=6, show_default=True, help="Retries on 429, 5xx and time-outs.")
 @click.option("--backoff", "backoff_base", type=float, default=1.0, show_default=True, help="First retry wait in seconds, doubled each attempt (Retry-After wins).")
@@ -63,9 +63,11 @@ def command(path: str, out: Path | None, fmt: str | None, limit: int | None, dry
       critstep label 'shards/part-0000*.jsonl.zst' --out labels-0.jsonl --cache cache/oracle.jsonl
     """
     from critstep.formats import read_trajectories
+    from critstep.io import check_outputs_apart
     from critstep.labels import write_labels
     from critstep.selector.oracle import OracleConfig, OracleLabeler
     from critstep.selector.oracle.batch import default_state_path
+    from critstep.streams import expand_source
 
     _setup_logging()
     if out is None and not dry_run:
@@ -80,6 +82,8 @@ def command(path: str, out: Path | None, fmt: str | None, limit: int | None, dry
     assert out is not None
     if not labeler.prices.known(config.model) and config.max_cost is not None and config.resolved_base_url() is None:
         raise CritstepError(f"--max-cost cannot be enforced: no price for {config.model!r} in {labeler.prices.path}; add it there")
+    check_outputs_apart({"PATH": expand_source(path), "--prices": config.prices_path},
+                        {"--out": out, "--cache": config.resolved_cache_path(), "the batch state": batch_state})
     run = labeler.label(trajectories, max_calls=max_calls)
     write_labels(out, run.records(trajectories))
     click.echo(run.summary())

@@ -89,6 +89,7 @@ def command(
     The oracle leaves out trajectories it could not label; the cascade keeps the distilled choice for them.
     """
     from critstep.formats import TrajectoryReader
+    from critstep.io import check_outputs_apart
     from critstep.selector import build_selector
     from critstep.sharded import select_to
 
@@ -123,8 +124,9 @@ def command(
         options = {}
     if engine != "ray" and (address or num_workers != 1 or num_gpus_per_worker):
         raise ConfigError("--address/--num-workers/--num-gpus-per-worker apply to --engine ray only")
-    selector = build_selector(name, **options)
     reader = TrajectoryReader(traj, fmt, limit=limit)
+    check_outputs_apart({"TRAJ": reader.files}, {"--out": out, "--oracle-cache": _oracle_cache(name, oracle_cache)})
+    selector = build_selector(name, **options)
     if engine == "ray":
         from critstep.ray_engine import RayOptions, RaySelections, import_ray
 
@@ -143,3 +145,12 @@ def command(
     wrote = f"{len(totals.outputs):,} shards to {out}" if len(totals.outputs) > 1 or out.is_dir() else str(out)
     click.echo(f"{name}: selected {totals.chosen:,} of {totals.steps:,} steps ({totals.chosen / max(1, totals.steps):.1%}) in "
                f"{totals.trajectories:,} trajectories ({', '.join(f'{e} {n}' for e, n in sorted(totals.envs.items()))}); wrote {wrote}")
+
+
+def _oracle_cache(name: str, path: Path | None) -> Path | None:
+    """The answer cache the oracle (or the cascade's oracle) appends to, if it runs."""
+    if name not in ("oracle", "cascade"):
+        return None
+    from critstep.selector.oracle import OracleConfig
+
+    return OracleConfig(cache_path=path).resolved_cache_path()

@@ -76,10 +76,14 @@ class TrajectoryReader:
             yield from trajectories
 
     def shards(self) -> Iterator[tuple[Path, Iterator[Trajectory]]]:
+        """Each input file with its trajectories; an input without a single record is an error
+        (unless errors are being collected: then the caller reports what it got)."""
         for path in self.files:
             if self.done:
                 return
             yield path, self._read(path)
+        if self.count == 0 and self.on_error is None:
+            raise InputError("no trajectories: the input holds no records", self.source)
 
     @property
     def done(self) -> bool:

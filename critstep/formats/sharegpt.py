@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from critstep.errors import InputError
-from critstep.trajectory import Message, Origin, Trajectory
+from critstep.trajectory import Message, Origin, Trajectory, record_id
 
 ROLE_MAP = {
     "human": "user",
@@ -63,7 +63,7 @@ def parse(value: dict[str, Any], origin: Origin, fallback_id: str) -> Trajectory
     mark_acknowledgement(messages)
     metadata = {k: v for k, v in value.items() if k not in ("conversations", "id")}
     return Trajectory(
-        id=str(value.get("id") or fallback_id),
+        id=record_id(value.get("id"), origin, fallback_id),
         messages=messages,
         metadata=metadata,
         origin=Origin("sharegpt", origin.path, origin.line, "conversations", role_key, content_key),
