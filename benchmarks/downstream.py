@@ -48,7 +48,7 @@ SELECTORS = ("all", "random", "teacher", "distilled", "cascade")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=SHARED)
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "tune-smollm2-135m-cpu.yaml", help="tuning config (model, QLoRA, window)")
+    ap.add_argument("--config", type=Path, default=Path("configs/tune-smollm2-135m-cpu.yaml"), help="tuning config (model, QLoRA, window; a shipped name or a file)")
     ap.add_argument("--steps", type=int, default=40, help="optimizer steps of every tuning run")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a key of the tuning config (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
@@ -72,6 +72,9 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the result files (e.g. 8b)")
     ap.add_argument("--plot-only", action="store_true", help="redraw the plot (and the table) from the results JSON")
     args = ap.parse_args()
+    from critstep.configs import resolve_config
+
+    args.config = resolve_config(args.config)
     suffix = f"-{args.tag}" if args.tag else ""
     if args.plot_only:
         result = json.loads((args.out / f"downstream{suffix}.json").read_text())

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from critstep.cli import FORMAT_OPTION
+from critstep.commands._options import FORMAT_OPTION, input_argument, limit_option
 from critstep.errors import ConfigError
 from critstep.evaluation.envs import ENVS
 
@@ -16,12 +16,12 @@ LIVE_NEW_TOKENS = 64  # one command per turn
 
 
 @click.command("eval")
-@click.argument("trajectories", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@input_argument("trajectories", required=False)
 @click.option("--model", required=True, help="Base model (built-in name, hub id or directory; a merged model is just its directory), or the model name at --base-url.")
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False, path_type=Path), help="LoRA adapter to apply (a `critstep tune` output).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory for eval.json, eval.md and the per-step or per-episode records.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Teacher labels: figures on their critical steps too.")
-@click.option("--limit", type=click.IntRange(1), help="Only the first N trajectories.")
+@limit_option("trajectories")
 @click.option("--steps-per-trajectory", type=click.IntRange(1), help="At most N steps of each trajectory, spread from first to last (long runs otherwise dominate).")
 @click.option("--env", "env_name", type=click.Choice(list(ENVS)), help="Run live episodes in this environment instead of reading trajectories.")
 @click.option("--tasks", help="Live: comma-separated tasks (default: the environment's fixed suite).")
@@ -42,7 +42,7 @@ LIVE_NEW_TOKENS = 64  # one command per turn
 @FORMAT_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(
-    trajectories: Path | None,
+    trajectories: str | None,
     model: str,
     adapter: Path | None,
     out: Path,
@@ -81,7 +81,8 @@ def command(
     critstep eval --env scienceworld --model smollm2-135m --adapter runs/smol --out runs/eval-sw --episodes 1
     critstep eval test.jsonl --model Qwen/Qwen2.5-7B-Instruct --base-url http://localhost:8000/v1 --out runs/eval-vllm
     """
-    from critstep.io import claim_output_dir
+    from critstep.io import check_outputs_apart, claim_output_dir
+    from critstep.streams import expand_source
 
     if env_name is None and trajectories is None:
         raise click.UsageError("give TRAJECTORIES to evaluate offline, or --env NAME to run live episodes")
@@ -92,6 +93,8 @@ def command(
     if base_url is not None and (adapter is not None or load_4bit or chat_template is not None):
         raise ConfigError("with --base-url the server runs the model: serve the adapter there (e.g. vLLM --lora-modules) and name it with --model")
     new_tokens = max_new_tokens or (LIVE_NEW_TOKENS if env_name else OFFLINE_NEW_TOKENS)
+    check_outputs_apart({"TRAJECTORIES": expand_source(trajectories) if trajectories is not None else None, "--labels": labels,
+                         "--adapter": adapter, "--chat-template": chat_template}, {}, {"--out": out})
     out = claim_output_dir(out, "eval")  # before the slow work, not after
     data = _read_offline(trajectories, labels, limit, fmt) if trajectories is not None else None  # bad input fails before the model loads
     agent, load_s, settings = _agent(model, adapter, base_url, concurrency, new_tokens, max_len, batch_size, device, dtype, load_4bit,
@@ -148,7 +151,7 @@ def _tuned_max_len(adapter: Path | None) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def _read_offline(trajectories: Path, labels: Path | None, limit: int | None, fmt: str | None) -> tuple[list[Any], dict[str, Any] | None]:
+def _read_offline(trajectories: str, labels: Path | None, limit: int | None, fmt: str | None) -> tuple[list[Any], dict[str, Any] | None]:
     """The trajectories to evaluate and, if given, the labels of those among them.
 
     A label file may cover more trajectories than are evaluated (the whole seed set, say); the
@@ -158,7 +161,7 @@ def _read_offline(trajectories: Path, labels: Path | None, limit: int | None, fm
     from critstep.formats import read_trajectories
     from critstep.labels import read_labels
 
-    chosen = read_trajectories(trajectories, fmt)[:limit]
+    chosen = read_trajectories(trajectories, fmt, limit=limit)
     if labels is None:
         return chosen, None
     by_id = {t.id: t for t in chosen}
