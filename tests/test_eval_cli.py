@@ -65,6 +65,21 @@ def test_offline_eval_writes_the_contract(tiny, data, tmp_path):
     assert json.loads((out / "eval.json").read_text())["overall"]["n_steps"] == 4
 
 
+def test_sharded_input_and_limit(tiny, data, tmp_path):
+    """Like every command, eval reads a directory or glob of shards, in any supported format, and --limit cuts across shards."""
+    from critstep.formats import read_trajectories
+
+    trajectories = read_trajectories(data[0])
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_trajectories(shards / "part-0.jsonl", trajectories[:2])
+    write_trajectories(shards / "part-1.jsonl.gz", trajectories[2:])
+    result = run(str(shards), "--model", str(tiny), "--out", str(tmp_path / "eval"), "--limit", "3", "--max-new-tokens", "2", "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["n_trajectories"] == 3 and report["overall"]["n_steps"] == 12
+
+
 def gold_replies(trajectories_path: Path) -> list[str]:
     from critstep.formats import read_trajectories
 
@@ -118,6 +133,8 @@ def test_one_line_errors(tiny, data, tmp_path):
         (["--model", str(tiny), "--out", str(tmp_path / "o")], "TRAJECTORIES"),
         ([str(trajectories), "--model", str(tiny), "--out", str(tmp_path / "o"), "--tasks", "boil"], "--env"),
         ([str(trajectories), "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--adapter", str(tmp_path), "--out", str(tmp_path / "o")], "serve the adapter"),
+        ([str(trajectories), "--model", str(tiny), "--out", str(tmp_path)], "lies in --out"),  # the input inside the output directory
+        ([str(tmp_path / "none-*.jsonl"), "--model", str(tiny), "--out", str(tmp_path / "o")], "none-*.jsonl"),
     ]
     bad_labels = tmp_path / "bad.jsonl"
     bad_labels.write_text(json.dumps({"id": "toy/0", "n_steps": 9, "critical": []}) + "\n")
