@@ -80,6 +80,7 @@ def main() -> None:
         result = json.loads((args.out / f"downstream{suffix}.json").read_text())
         plot(result, args.out / f"downstream{suffix}.png")
         print_table(result)
+        print("\n" + markdown_table(result))
         return
 
     import torch
@@ -109,6 +110,7 @@ def main() -> None:
     write_json(args.out / f"downstream{suffix}.json", result)
     plot(result, args.out / f"downstream{suffix}.png")
     print_table(result)
+    print("\n" + markdown_table(result))
     print(f"wrote {args.out / f'downstream{suffix}.json'} and .png; {result['wall_seconds'] / 60:.0f} min in all")
 
 
@@ -414,10 +416,32 @@ def print_table(result: dict[str, Any]) -> None:
               f"{_ci(live.get('score'), live.get('score_ci95'), 1):>22}")
 
 
-def _ci(value: float | None, ci: list[float] | None, digits: int = 3) -> str:
+def markdown_table(result: dict[str, Any]) -> str:
+    """The README's table: every figure with its 95% interval, differences paired on the same trajectories."""
+    rows = ["| model | selection $ / 1k traj | steps tuned on | action match, all steps | on teacher-critical steps | gold-turn NLL "
+            "| live ScienceWorld score | vs `all`, all steps (paired) | vs `teacher`, all steps (paired) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, m in result["models"].items():
+        o, sel = m["offline"]["overall"], m["selection"]
+        crit = o.get("critical", {})
+        live = m.get("live", {}).get("mean", {})
+        cost = "-" if sel is None else f"{sel['usd_per_1k']:.4f}"
+        share = "-" if sel is None else f"{sel['share_selected']:.0%}"
+        diffs = []
+        for reference in ("all", "teacher"):
+            d = m.get(f"vs_{reference}", {}).get("all:normalized")
+            diffs.append(_ci(d["difference"], d["ci95"], signed=True) if d else "-")
+        rows.append(f"| {name} | {cost} | {share} | {_ci(o['action_match_normalized'], o['ci95']['action_match_normalized'])} "
+                    f"| {_ci(crit.get('action_match_normalized'), crit.get('ci95', {}).get('action_match_normalized'))} "
+                    f"| {_ci(o['nll'], o['ci95'].get('nll'))} | {_ci(live.get('score'), live.get('score_ci95'), 1)} | {diffs[0]} | {diffs[1]} |")
+    return "\n".join(rows)
+
+
+def _ci(value: float | None, ci: list[float] | None, digits: int = 3, signed: bool = False) -> str:
     if value is None:
         return "-"
-    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else f"{value:.{digits}f}"
+    sign = "+" if signed else ""
+    return f"{value:{sign}.{digits}f} [{ci[0]:{sign}.{digits}f}, {ci[1]:{sign}.{digits}f}]" if ci else f"{value:{sign}.{digits}f}"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
