@@ -100,8 +100,11 @@ def main() -> None:
 
     split = make_split(args)
     selections = {name: select(name, split, args, timings) for name in args.selectors.split(",")}
-    runs = {"base": None} | {name: tune_on(name, args, timings) for name in selections}
-    evaluations = {name: evaluate(name, adapter, split, args, timings) for name, adapter in runs.items()}
+    # Each selector's row is finished (tuned, then evaluated) before the next one starts, so that a
+    # run cut short still yields whole rows; rerun with the same settings to add the rest.
+    evaluations = {"base": evaluate("base", None, split, args, timings)}
+    for name in selections:
+        evaluations[name] = evaluate(name, tune_on(name, args, timings), split, args, timings)
 
     result = report(split, selections, evaluations, args, timings, time.perf_counter() - started)
     args.out.mkdir(parents=True, exist_ok=True)
