@@ -18,6 +18,9 @@ figures on their teacher-critical steps, plus unlabeled corpus trajectories of t
 and to `teacher` are paired (same trajectories, same bootstrap resamples).
 
     nice -n 5 .venv/bin/python benchmarks/downstream.py            # writes benchmarks/results/downstream.{json,png}
+    nice -n 10 .venv/bin/python benchmarks/downstream.py --set max_seq_len=512 --set pack_tokens=512 --steps 4 \\
+        --eval-per-env 2 --unlabeled-per-env 1 --steps-per-trajectory 2 --eval-new-tokens 48 \\
+        --live-episodes 1 --live-max-steps 4 --live-new-tokens 24   # the README's run (~1 h on a loaded 2-core CPU)
     .venv/bin/python benchmarks/downstream.py --config configs/tune-llama3.1-8b-qlora.yaml --steps 300 \\
         --eval-batch 32 --threads 8 --work runs/downstream-8b --tag 8b           # on a GPU (not run here)
 
