@@ -13,8 +13,7 @@ import torch
 from fixtures.tuner_support import save_tiny_llama, toy_trajectories, write_selection
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from critstep.tuner import TuneConfig, tune
-from critstep.tuner import modeling
+from critstep.tuner import TuneConfig, modeling, tune
 from critstep.tuner import train as train_module
 
 MATMULS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear")

@@ -95,13 +95,14 @@ class TuneConfig:
             if loaded is not None and not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: expected a mapping of config keys, got {type(loaded).__name__}")
             values.update(loaded or {})
-            if values.get("trust_remote_code") is True:
-                raise ConfigError(
-                    f"{path}: trust_remote_code: true is not taken from a config file (it runs the model repository's "
-                    "own Python code): pass --trust-remote-code on the command line (in Python: "
-                    "overrides={'trust_remote_code': True})"
-                )
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if values.get("trust_remote_code") and overrides.get("trust_remote_code") is not True:
+            raise ConfigError(
+                f"{path}: trust_remote_code: true is not taken from a config file (it runs the model repository's "
+                "own Python code): pass --trust-remote-code on the command line (in Python: "
+                "overrides={'trust_remote_code': True})"
+            )
+        values.update(overrides)
         return cls.from_dict(values, str(path or "<overrides>"))
 
     def to_dict(self) -> dict[str, Any]:

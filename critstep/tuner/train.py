@@ -176,9 +176,9 @@ def tune(
     history = _read_log(out / LOG_FILE, start) if saved else []
 
     def save(step: int) -> None:
-        checkpoint.save(out / CHECKPOINT_DIR, accelerator, {"step": step, "eval_loss_before": eval_before, **run})
-        if accelerator.is_main_process:
+        if accelerator.is_main_process:  # first: a resume keeps the records up to its checkpoint's step
             write_jsonl(out / LOG_FILE, history)
+        checkpoint.save(out / CHECKPOINT_DIR, accelerator, {"step": step, "eval_loss_before": eval_before, **run})
 
     # --- loop -------------------------------------------------------------------------------
     writer = _tensorboard(out / "runs") if accelerator.is_main_process else None
