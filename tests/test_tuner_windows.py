@@ -68,3 +68,24 @@ def test_step_longer_than_the_window_is_truncated_and_counted(caplog):
 
 def test_nothing_selected_gives_no_window():
     assert make_windows(_rendered(3, selected=[]), max_seq_len=64) == []
+
+
+def test_a_prompt_longer_than_half_the_window_is_kept_when_the_steps_fit_beside_it():
+    r = _rendered(12, prompt=40, context=6, step=4, selected=[2, 6, 11])  # prompt_end = 46 of a 64-token window
+    windows = make_windows(r, max_seq_len=64)
+    covered = [tok for w in windows for tok in _supervised(w)]
+    assert sorted(covered) == sorted(tok for k in r.selected for tok in range(*r.spans[k]))
+    for w in windows:
+        assert len(w) <= 64
+        assert w.input_ids[: r.prompt_end] == r.input_ids[: r.prompt_end]  # the task is at the head of every window
+
+
+def test_a_prompt_that_leaves_no_room_for_a_step_is_one_clear_error():
+    import pytest
+
+    from critstep.errors import InputError
+
+    r = _rendered(12, prompt=50, context=6, step=10, selected=[2, 11])  # 56 + 10 > 64
+    with pytest.raises(InputError, match=r"'t': its prompt .*56 tokens.*raise max_seq_len to at least 66, or set keep_prompt: false"):
+        make_windows(r, max_seq_len=64)
+    assert make_windows(r, max_seq_len=64, keep_prompt=False)  # the way out the message names

@@ -122,7 +122,10 @@ def build_windows(
             stats.skipped_no_selected_steps += 1
             continue
         rendered = render_trajectory(t, selected_steps(t) or [], tokenizer, chat_template)
-        ws = make_windows(rendered, max_seq_len, keep_prompt)
+        try:
+            ws = make_windows(rendered, max_seq_len, keep_prompt)
+        except InputError as e:
+            raise InputError(e.message, t.origin.path if t.origin else None, t.origin.line if t.origin else None) from None
         stats.add(rendered, ws)
         windows.extend(ws)
     if stats.skipped_no_selected_steps:

@@ -6,7 +6,9 @@ Every selected step is trained exactly once, with as much preceding context as f
 - otherwise windows end at a selected step's end and reach back as far as the length allows,
   each supervising the run of consecutive selected steps that fits with its context. With
   `keep_prompt` the system prompt and task stay at the head of every window (an agent step
-  without its task is a guess), and the context cut is what lies between the head and the window;
+  without its task is a guess), and the context cut is what lies between the head and the window.
+  A prompt so long that it and the longest selected step do not fit in one window together is an
+  error that says what to change (it is never dropped silently);
 - a single step longer than the window is truncated, with a warning and a count, never dropped.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from critstep.errors import InputError
 from critstep.tuner.render import RenderedTrajectory
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,14 @@ def make_windows(rendered: RenderedTrajectory, max_seq_len: int, keep_prompt: bo
     if last_end <= max_seq_len:
         return [Window(rendered.id, ids[:last_end], rendered.labels()[:last_end])]
 
-    head = rendered.prompt_end if keep_prompt and rendered.prompt_end <= max_seq_len // 2 else 0
+    head = rendered.prompt_end if keep_prompt else 0
+    longest = max(e - s for s, e in spans)
+    if head + longest > max_seq_len and head > max_seq_len // 2:
+        raise InputError(
+            f"trajectory {rendered.id!r}: its prompt (system prompt and task, {head} tokens) and its longest selected step "
+            f"({longest} tokens) do not fit in max_seq_len {max_seq_len} together: raise max_seq_len to at least "
+            f"{head + longest}, or set keep_prompt: false to train its later windows without the prompt"
+        )
     budget = max_seq_len - head
     windows: list[Window] = []
     i = 0
