@@ -197,15 +197,22 @@ def test_config_yaml_overrides_and_errors(tmp_path):
         TuneConfig(mode="qlora4")
 
 
-@pytest.mark.parametrize("name", ["tune-smollm2-135m-cpu.yaml", "tune-llama3.1-8b-qlora.yaml", "tune-qwen2.5-7b-qlora.yaml"])
+@pytest.mark.parametrize("name", ["tune-smollm2-135m-cpu.yaml", "tune-llama3.1-8b-qlora.yaml", "tune-qwen2.5-7b-qlora.yaml",
+                                  "tune-llama3.1-70b-fsdp-qlora.yaml", "accelerate-fsdp-qlora.yaml"])
 def test_shipped_configs_load_and_start_with_their_command(name):
     from pathlib import Path
+
+    import yaml
 
     path = Path(__file__).resolve().parents[1] / "configs" / name
     first = path.read_text().splitlines()[0]
     assert first.startswith("# critstep tune ") or first.startswith("# accelerate launch ")
     assert f"configs/{name}" in first
-    TuneConfig.from_yaml(path)
+    if name.startswith("accelerate-"):  # accelerate's own config: FSDP-QLoRA as peft documents it
+        fsdp = yaml.safe_load(path.read_text())["fsdp_config"]
+        assert (fsdp["fsdp_use_orig_params"], fsdp["fsdp_cpu_ram_efficient_loading"]) == (False, True)
+    else:
+        TuneConfig.from_yaml(path)
 
 
 def test_qlora_gradients_are_the_same_after_an_eval_pass(tiny, selection):

@@ -80,12 +80,14 @@ def test_a_prompt_longer_than_half_the_window_is_kept_when_the_steps_fit_beside_
         assert w.input_ids[: r.prompt_end] == r.input_ids[: r.prompt_end]  # the task is at the head of every window
 
 
-def test_a_prompt_that_leaves_no_room_for_a_step_is_one_clear_error():
-    import pytest
-
-    from critstep.errors import InputError
-
-    r = _rendered(12, prompt=50, context=6, step=10, selected=[2, 11])  # 56 + 10 > 64
-    with pytest.raises(InputError, match=r"'t': its prompt .*56 tokens.*raise max_seq_len to at least 66, or set keep_prompt: false"):
-        make_windows(r, max_seq_len=64)
-    assert make_windows(r, max_seq_len=64, keep_prompt=False)  # the way out the message names
+def test_a_prompt_that_leaves_no_room_for_a_step_keeps_its_end_and_is_counted():
+    r = _rendered(12, prompt=50, context=6, step=10, selected=[2, 11])  # prompt_end 56; 56 + 10 > 64
+    windows = make_windows(r, max_seq_len=64)
+    cut = [w for w in windows if w.prompt_cut]
+    assert cut, "the prompt must not be dropped"
+    for w in cut:
+        assert len(w) <= 64
+        assert w.prompt_cut == 56 - 32
+        assert w.input_ids[:32] == r.input_ids[24:56]  # the prompt's last half-window: the task
+    covered = [tok for w in windows for tok in _supervised(w)]
+    assert sorted(covered) == sorted(tok for k in r.selected for tok in range(*r.spans[k]))

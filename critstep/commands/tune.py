@@ -96,10 +96,16 @@ def command(
     click.echo(
         f"trained {result.steps} steps on {train['trajectories']} trajectories "
         f"({train['selected_steps']} selected steps, {train['supervised_tokens']:,} supervised of {train['window_tokens']:,} tokens; "
-        f"{train['windows']} windows, {train['context_tokens_cut']:,} context tokens cut, {train['truncated_steps']} steps truncated)"
+        f"{train['windows']} windows, {train['context_tokens_cut']:,} context tokens cut, {train['truncated_steps']} steps truncated"
+        f"{_prompts_cut(train)})"
     )
     click.echo(f"eval loss on held-out selected steps: {_fmt(result.eval_loss_before)} -> {_fmt(result.eval_loss_after)}")
     click.echo(f"adapter: {result.adapter_dir}")
+
+
+def _prompts_cut(train: dict) -> str:
+    n = train.get("windows_with_prompt_cut", 0)
+    return f", {n} windows with only the end of a prompt longer than half of max_seq_len" if n else ""
 
 
 def _fmt(loss: float | None) -> str:

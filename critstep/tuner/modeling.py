@@ -107,7 +107,8 @@ def load_model(config: TuneConfig, device: Any, attention: AttentionChoice | Non
             # FSDP shards tensors of one dtype: there the packed 4-bit weights are stored as the compute dtype.
             bnb_4bit_quant_storage=dtype if _under_fsdp() else torch.uint8,
         )
-        kwargs["device_map"] = {"": device}
+        if not _under_fsdp():  # FSDP places (and shards) the weights itself; rank 0 loads them on the CPU
+            kwargs["device_map"] = {"": device}
     path = causal_lm_path(config.model)
 
     def load(implementation: str) -> Any:
@@ -128,7 +129,7 @@ def load_model(config: TuneConfig, device: Any, attention: AttentionChoice | Non
     except (ImportError, ValueError) as e:
         raise ModelError(f"cannot load causal LM {config.model!r} with attn_implementation={attention.implementation!r}: "
                          f"{str(e).splitlines()[0]}") from None
-    if config.mode != "qlora":
+    if config.mode != "qlora" and not _under_fsdp():
         model.to(device)
     model.config.use_cache = False
     if config.mode == "full":
@@ -189,14 +190,31 @@ def _add_lora(model: Any, config: TuneConfig) -> Any:
         raise ConfigError(f"cannot add LoRA adapters (target_modules={config.target_modules!r}): {e}") from None
 
 
+def prepare_fsdp(model: Any, accelerator: Any) -> None:
+    """FSDP with LoRA/QLoRA as peft documents it (what transformers' Trainer does before wrapping):
+    trainable LoRA layers wrapped apart from the frozen base, so `use_orig_params: false` flattens
+    parameters of one dtype and one requires_grad each; with QLoRA, FSDP's mixed precision in the
+    4-bit weights' storage dtype."""
+    from peft.utils.other import fsdp_auto_wrap_policy
+
+    plugin = accelerator.state.fsdp_plugin
+    if hasattr(model, "peft_config"):
+        plugin.auto_wrap_policy = fsdp_auto_wrap_policy(model)
+    quantization = getattr(getattr(model, "hf_quantizer", None), "quantization_config", None)
+    storage = getattr(quantization, "bnb_4bit_quant_storage", None)
+    if storage is not None and storage.is_floating_point:
+        plugin.set_mixed_precision(storage, override=True)
+
+
 def make_optimizer(model: Any, config: TuneConfig, on_cuda: bool) -> Any:
-    """Paged 8-bit AdamW on CUDA (its paging needs unified memory), plain AdamW elsewhere."""
+    """Paged 8-bit AdamW on one CUDA device or DDP (its paging needs unified memory), plain AdamW
+    elsewhere and under FSDP (peft: paged 8-bit AdamW fails to save an FSDP-QLoRA checkpoint)."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     name = config.optimizer
     if name == "auto":
-        name = "paged_adamw_8bit" if on_cuda else "adamw"
+        name = "paged_adamw_8bit" if on_cuda and not _under_fsdp() else "adamw"
     if name == "paged_adamw_8bit":
         if not on_cuda:
             raise ConfigError("optimizer paged_adamw_8bit needs CUDA; use adamw on this machine")

@@ -37,6 +37,7 @@ from critstep.tuner.modeling import (
     make_optimizer,
     make_scheduler,
     mixed_precision,
+    prepare_fsdp,
 )
 from critstep.tuner.packing import collate, pack
 from critstep.tuner.render import load_chat_template
@@ -117,6 +118,7 @@ def tune(
     A checkpoint in `out_dir` from a run with another config or data is refused unless `force_resume`.
     """
     import torch
+    from accelerate import DistributedType
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
@@ -161,9 +163,13 @@ def tune(
     model = load_model(config, device, attention)
     attention_ran = attention_used(model)
     _stage(show, f"model loaded in {time.perf_counter() - loading:.1f} s; attention: {attention_ran}")
+    if accelerator.distributed_type == DistributedType.FSDP:
+        prepare_fsdp(model, accelerator)
+    # The model is wrapped (DDP, FSDP's flat shards) before the optimizer takes its parameters.
+    model = accelerator.prepare(model)
     optimizer = make_optimizer(model, config, device.type == "cuda")
     scheduler = make_scheduler(optimizer, total_steps, config.warmup_ratio)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
     checkpoint.register_hooks(accelerator)
 
     start = 0
@@ -192,7 +198,8 @@ def tune(
         micro = [collate(groups[g]).to(device) for g in _micro_batches(step, len(groups), config, accelerator)]
         # Normalise by the supervised tokens of the whole step on every process. DDP averages the
         # processes' gradients, hence the factor num_processes: the update is the mean over tokens.
-        n_step = int(_sum_over_processes(accelerator, torch.tensor(float(sum(b.n_supervised for b in micro)), device=device)))
+        counts = torch.tensor([float(sum(b.n_supervised for b in micro)), float(sum(b.n_tokens for b in micro))], device=device)
+        n_step, step_tokens = (int(x) for x in _sum_over_processes(accelerator, counts))
         scale = accelerator.num_processes / max(1, n_step)
         loss_sum = torch.zeros((), device=device)
         for k, batch in enumerate(micro):
@@ -201,7 +208,7 @@ def tune(
                 batch_loss, _ = supervised_loss(model, batch)
                 accelerator.backward(batch_loss * scale)
             loss_sum += batch_loss.detach().float()
-            tokens_seen += batch.n_tokens
+        tokens_seen += step_tokens
         if config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
@@ -209,7 +216,8 @@ def tune(
         optimizer.zero_grad(set_to_none=True)
         train_loss = float(_sum_over_processes(accelerator, loss_sum)) / max(1, n_step)
         lr = scheduler.get_last_lr()[0]
-        history.append({"step": step + 1, "loss": train_loss, "lr": lr, "supervised_tokens": n_step})
+        history.append({"step": step + 1, "loss": train_loss, "lr": lr, "supervised_tokens": n_step,
+                        "tokens": step_tokens, "seconds": time.perf_counter() - started})
         bar.update(1)
         bar.set_postfix(loss=f"{train_loss:.4f}")
         if writer and (step + 1) % max(1, config.log_every) == 0:
@@ -232,7 +240,6 @@ def tune(
             writer.add_scalar("eval/loss", eval_after, total_steps)
         writer.close()
     save(total_steps)
-    tokens_seen = int(_sum_over_processes(accelerator, torch.tensor(float(tokens_seen), device=device)))
     result = TuneResult(out, total_steps, eval_before, eval_after, train_loss,
                         tokens_seen / elapsed if tokens_seen else None, stats,
                         attention_ran, str(dtype).removeprefix("torch."), accelerator.num_processes)
