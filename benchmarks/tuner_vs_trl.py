@@ -18,7 +18,7 @@ machine's drifting load does not favour one. Reported per side: tokens/s over th
 `--warmup`), peak memory during training (CPU: peak RSS after the model is loaded; GPU: peak
 allocated), and the final training loss (mean of the last quarter of the steps). The supervised-token
 masks are compared token for token: critstep's rendering with every step selected against the
-`input_ids` and `assistant_masks` TRL's own dataset preparation produces.
+`input_ids` and `labels` (from `assistant_masks`) TRL's own dataset preparation produces.
 
     .venv/bin/python benchmarks/tuner_vs_trl.py [--steps 8] [--rounds 3] [--seq-len 1024]
     # GPU: a Llama-3.1-8B-shaped model with random weights (SmolLM2's tokenizer), 4k-token sequences
@@ -88,7 +88,7 @@ def trl_messages(trajectory: Any, template: str) -> list[dict[str, Any]]:
 
 
 def compare_masks(trajectories: list[Any], tokenizer: Any) -> dict[str, Any]:
-    """critstep's supervised tokens (every step selected) against TRL's assistant masks, token for token."""
+    """critstep's supervised tokens (every step selected) against TRL's labels (its assistant masks), token for token."""
     import torch
     from datasets import Dataset
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -112,7 +112,7 @@ def compare_masks(trajectories: list[Any], tokenizer: Any) -> dict[str, Any]:
     for t, row in zip(trajectories, prepared, strict=True):
         rendered = render_trajectory(t, list(range(t.n_steps)), tokenizer)
         ours = [label != -100 for label in rendered.labels()]
-        theirs = [bool(m) for m in row["assistant_masks"]]
+        theirs = [label != -100 for label in row["labels"]]  # built from TRL's assistant_masks, unshifted like ours
         same_ids += rendered.input_ids == list(row["input_ids"])
         if rendered.input_ids == list(row["input_ids"]) and ours == theirs:
             same_masks += 1
@@ -169,7 +169,8 @@ def run_critstep(spec: dict[str, Any], workdir: Path) -> list[dict[str, Any]]:
     config = TuneConfig(model=spec["model"], mode="qlora", max_seq_len=spec["seq_len"], pack_tokens=spec["seq_len"],
                         eval_fraction=0.0, seed=spec["seed"], max_steps=spec["steps"], grad_accum=1, lr=spec["lr"],
                         warmup_ratio=spec["warmup_ratio"], lora_r=spec["lora_r"], lora_alpha=spec["lora_alpha"],
-                        lora_dropout=spec["lora_dropout"], compute_dtype=spec["dtype"], optimizer="adamw", save_every=0)
+                        lora_dropout=spec["lora_dropout"], compute_dtype=spec["dtype"], optimizer="adamw", save_every=0,
+                        attn_implementation=spec["attn"])
     out = workdir / f"critstep-{spec['seed']}"
     tune(spec["selection"], config, out, progress=False)
     peak = _peak_gib(cuda)
@@ -192,7 +193,7 @@ def run_trl(spec: dict[str, Any], workdir: Path) -> list[dict[str, Any]]:
     from critstep.formats import read_trajectories
     from critstep.models import causal_lm_path
     from critstep.tuner.config import TuneConfig
-    from critstep.tuner.modeling import compute_dtype
+    from critstep.tuner.modeling import choose_attention, compute_dtype
 
     cuda = torch.cuda.is_available()
     dtype = compute_dtype(TuneConfig(compute_dtype=spec["dtype"]), "cuda" if cuda else "cpu")
@@ -204,7 +205,8 @@ def run_trl(spec: dict[str, Any], workdir: Path) -> list[dict[str, Any]]:
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization,
-                                                 device_map={"": "cuda" if cuda else "cpu"}, attn_implementation=spec["attn"])
+                                                 device_map={"": "cuda" if cuda else "cpu"},
+                                                 attn_implementation=choose_attention(spec["attn"], "cuda" if cuda else "cpu").implementation)
     lora = LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=spec["lora_dropout"],
                       target_modules="all-linear", task_type="CAUSAL_LM")
     args = SFTConfig(
@@ -293,7 +295,7 @@ def main() -> None:
     parser.add_argument("--trajectories", type=int, default=48)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="compute dtype of both sides")
-    parser.add_argument("--attn", default="sdpa", help="TRL's attention; critstep picks its own (auto) and reports it")
+    parser.add_argument("--attn", default="auto", help="attention of both sides; auto: critstep's choice (flash varlen on CUDA if installed)")
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "benchmark")
     args = parser.parse_args()
     if args.worker:

@@ -116,7 +116,7 @@ def test_resume_of_a_different_run_is_refused_unless_forced(tiny, selection, tmp
     with pytest.raises(ConfigError, match=r"not resuming a different run: config differs in lr \(0.01 -> 0.02\).*--force-resume"):
         tune(selection, _config(tiny, lr=0.02), out, progress=False)
     other_data = write_selection(tmp_path / "other.jsonl", toy_trajectories(12), {f"toy/{i}": [1] for i in range(12)})
-    with pytest.raises(ConfigError, match="the training data differs"):
+    with pytest.raises(ConfigError, match="the data differs"):
         tune(other_data, _config(tiny), out, progress=False)
     # how often to save or evaluate is not part of the run's identity
     steps_run = []
@@ -308,3 +308,21 @@ def test_a_flash_path_that_fails_to_load_falls_back_to_sdpa(tiny, caplog):
     assert "flash_attention_2 failed to load" in caplog.text
     with pytest.raises(ModelError, match="attn_implementation='flash_attention_2'"):  # asked for by name: an error
         load_model(_config(tiny, mode="lora", attn_implementation="flash_attention_2"), torch.device("cpu"), flash)
+
+
+def test_cli_shows_progress_on_model_load_and_first_eval(tiny, selection, tmp_path, caplog):
+    import logging
+
+    from click.testing import CliRunner
+
+    from critstep.cli import cli
+
+    args = ["tune", str(selection), "--model", str(tiny), "--out", str(tmp_path / "run"), "--max-steps", "1",
+            "--max-seq-len", "256", "--set", "compute_dtype=float32", "--set", "eval_fraction=0.25"]
+    with caplog.at_level(logging.INFO, logger="critstep"):
+        result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    log = caplog.text
+    assert f"loading {tiny} (qlora, float32 compute, attention sdpa" in log
+    assert "model loaded in" in log and "attention: sdpa" in log
+    assert "eval before" in result.output  # the held-out pass before training has its own bar

@@ -69,7 +69,7 @@ def mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
         problems.append("config differs in " + ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in keys[:4])
                         + (f" and {len(keys) - 4} more" if len(keys) > 4 else ""))
     if saved.get("data_hash") != current["data_hash"]:
-        problems.append("the training data differs (selection, tokenizer or chat template)")
+        problems.append("the data differs (training or held-out selection, tokenizer or chat template)")
     if saved.get("processes") != current["processes"]:
         problems.append(f"it ran on {saved.get('processes')} processes, this run on {current['processes']}")
     return "; ".join(problems) or None

@@ -28,7 +28,9 @@ from critstep.tuner.config import TuneConfig
 log = logging.getLogger(__name__)
 
 # fp32 compute where bf16 is not faster: on the AVX512-BF16 CPU this was measured on (no AMX), QLoRA
-# of SmolLM2-135M ran at 0.?x the fp32 speed in bf16 (benchmarks/tuner_speed.py --dtypes).
+# of SmolLM2-135M ran at 0.89x the fp32 speed in bf16 (0.71-1.35 over 3 rounds, loaded machine), with
+# 1.09 instead of 2.40 GiB peak RSS (benchmarks/tuner_speed.py --variants critstep:bfloat16,critstep:float32;
+# benchmarks/results/tuner_speed-dtypes.json). `--set compute_dtype=bfloat16` trades the speed for the memory.
 _CPU_BF16_FASTER = False
 
 

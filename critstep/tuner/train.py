@@ -162,7 +162,8 @@ def tune(
     loading = time.perf_counter()
     model = load_model(config, device, attention)
     attention_ran = attention_used(model)
-    _stage(show, f"model loaded in {time.perf_counter() - loading:.1f} s; attention: {attention_ran}")
+    if accelerator.is_main_process:  # in the run log even with progress off
+        log.info("model loaded in %.1f s; attention: %s", time.perf_counter() - loading, attention_ran)
     if accelerator.distributed_type == DistributedType.FSDP:
         prepare_fsdp(model, accelerator)
     # The model is wrapped (DDP, FSDP's flat shards) before the optimizer takes its parameters.
