@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -200,11 +202,11 @@ def test_config_yaml_overrides_and_errors(tmp_path):
 @pytest.mark.parametrize("name", ["tune-smollm2-135m-cpu.yaml", "tune-llama3.1-8b-qlora.yaml", "tune-qwen2.5-7b-qlora.yaml",
                                   "tune-llama3.1-70b-fsdp-qlora.yaml", "accelerate-fsdp-qlora.yaml"])
 def test_shipped_configs_load_and_start_with_their_command(name):
-    from pathlib import Path
-
     import yaml
 
-    path = Path(__file__).resolve().parents[1] / "configs" / name
+    from critstep.configs import CONFIG_DIR
+
+    path = CONFIG_DIR / name
     first = path.read_text().splitlines()[0]
     assert first.startswith("# critstep tune ") or first.startswith("# accelerate launch ")
     assert f"configs/{name}" in first
@@ -213,6 +215,20 @@ def test_shipped_configs_load_and_start_with_their_command(name):
         assert (fsdp["fsdp_use_orig_params"], fsdp["fsdp_cpu_ram_efficient_loading"]) == (False, True)
     else:
         TuneConfig.from_yaml(path)
+
+
+def test_accelerate_finds_the_shipped_fsdp_config_from_any_directory(tmp_path):
+    import subprocess
+    import sys
+
+    from critstep.configs import CONFIG_DIR
+
+    run = subprocess.run([sys.executable, "-m", "critstep.configs", "configs/accelerate-fsdp-qlora.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert run.returncode == 0 and run.stdout.strip() == str(CONFIG_DIR / "accelerate-fsdp-qlora.yaml")
+    run = subprocess.run([sys.executable, "-m", "critstep.configs", "nope.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert run.returncode == 1 and "nope.yaml: no such file here" in run.stderr
 
 
 def test_qlora_gradients_are_the_same_after_an_eval_pass(tiny, selection):
