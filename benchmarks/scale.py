@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from critstep.configs import resolve_config
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "benchmark"
 RESULTS = REPO / "benchmarks" / "results" / "scale.json"
@@ -220,7 +222,7 @@ def main() -> None:
         raise SystemExit(f"needs the shared benchmark data at {SHARED}")
     import yaml
 
-    compute = yaml.safe_load((REPO / "configs" / "compute_prices.yaml").read_text())
+    compute = yaml.safe_load(resolve_config("configs/compute_prices.yaml").read_text())
     work = args.work or Path(tempfile.mkdtemp(prefix="critstep-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     result: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
