@@ -10,11 +10,13 @@ what makes the two engines' selections equal bit for bit.
 from __future__ import annotations
 
 import itertools
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from critstep.errors import OutputError
 from critstep.formats import TrajectoryReader, render_record
 from critstep.io import claim_output_dir, write_jsonl
 from critstep.selection import Selection
@@ -65,6 +67,7 @@ def select_to(reader: TrajectoryReader, out: Path, select_batch: SelectBatch, ba
     trajectory depends on the others: the cascade's budget, the oracle's cost cap).
     """
     totals = Totals()
+    targets = shard_targets(reader, out) if is_directory_output(out) else None  # checked before any selecting
     if batch_size is None:
         everything = list(reader)
         selections = select_batch(everything)
@@ -81,14 +84,46 @@ def select_to(reader: TrajectoryReader, out: Path, select_batch: SelectBatch, ba
                 totals.add(t, selection)
                 yield render_record(t, selection)
 
-    if is_directory_output(out):
-        claim_output_dir(out, SHARDS_KIND)
-        root = source_root(reader.source)
+    if targets is not None:
         for path, trajectories in shards:
-            target = out / shard_name(path, root)
+            target = targets[path]
             write_jsonl(target, records(trajectories))
             totals.outputs.append(target)
     else:
         write_jsonl(out, (r for _, trajectories in shards for r in records(trajectories)))
         totals.outputs.append(out)
     return totals
+
+
+def shard_targets(reader: TrajectoryReader, out: Path) -> dict[Path, Path]:
+    """Each input file's output shard under `out`, which is then claimed as critstep's.
+
+    Refused before any work: two input shards whose names map to one output shard (`a.json` and
+    `a.jsonl`, or `a.parquet`, all become `a.jsonl`: the second would replace the first), and an
+    output shard that is one of the inputs (`select DIR --out DIR` on an earlier output).
+    """
+    root = source_root(reader.source)
+    inputs = {_identity(path): path for path in reader.files}
+    targets: dict[Path, Path] = {}
+    writers: dict[Path, Path] = {}
+    for path in reader.files:
+        target = out / shard_name(path, root)
+        if target in writers:
+            raise OutputError(f"the input shards {writers[target]} and {path} would both be written to {target}: "
+                              "rename one, or give --out a .jsonl file", out)
+        source = inputs.get(_identity(target))
+        if source is not None:
+            raise OutputError(f"the output shard {target} is the input {source}: refusing to overwrite it; choose another --out", out)
+        writers[target] = path
+        targets[path] = target
+    claim_output_dir(out, SHARDS_KIND)
+    return targets
+
+
+def _identity(path: Path) -> tuple[int, int] | str:
+    """What makes two paths one file: device and inode where it exists, else the resolved path."""
+    try:
+        st = path.stat()
+    except OSError:
+        return os.path.realpath(path)
+    return st.st_dev, st.st_ino
