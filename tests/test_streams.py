@@ -161,3 +161,18 @@ def test_shard_names_are_stable_and_relative(shards: Path) -> None:
     files = expand_source(f"{shards}/*/part-*")
     root = source_root(f"{shards}/*/part-*")
     assert [str(shard_name(f, root)) for f in files] == ["a/part-0.jsonl", "a/part-1.jsonl.gz", "b/part-2.jsonl.zst", "b/part-3.jsonl"]
+
+
+def test_truncated_zstd_shard_is_an_error_not_an_empty_or_shorter_shard(corpus_lines: list[str], tmp_path: Path) -> None:
+    """zstandard's stream reader ends quietly at a cut frame: a small shard cut short read as empty."""
+    import zstandard
+
+    text = "".join(corpus_lines[:20]).encode()
+    whole = zstandard.ZstdCompressor().compress(text)
+    (tmp_path / "cut.jsonl.zst").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match=r"cut\.jsonl\.zst: damaged or truncated zstd file"):
+        read_trajectories(tmp_path / "cut.jsonl.zst")
+    # Several frames (as concatenated shards, or an empty frame between them) read as one stream.
+    (tmp_path / "frames.jsonl.zst").write_bytes(whole + zstandard.ZstdCompressor().compress(b"") +
+                                                zstandard.ZstdCompressor().compress("".join(corpus_lines[20:30]).encode()))
+    assert len(read_trajectories(tmp_path / "frames.jsonl.zst")) == 30
