@@ -317,8 +317,9 @@ def atomic_dir(path: str | Path, kind: str) -> Iterator[Path]:
 
     A failed write leaves any earlier output intact, and `path` is replaced only if it is absent,
     empty or critstep's own earlier output of the same `kind` (see `check_replaceable_dir`).
+    A symlink is followed and its target replaced (the link stays), as `atomic_write` does.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     check_replaceable_dir(path, kind)
     with _disk_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -328,12 +329,27 @@ def atomic_dir(path: str | Path, kind: str) -> Iterator[Path]:
         with _disk_errors(path):
             yield tmp
             _write_marker(tmp, kind)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Move directory `new` to `path`. An earlier `path` is moved aside first and deleted only once
+    `new` is in place: deleting it first, an interrupt mid-delete lost both the old and the new."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+    os.replace(path, aside / path.name)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(aside / path.name, path)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside)
 
 
 def claim_output_dir(path: str | Path, kind: str) -> Path:
