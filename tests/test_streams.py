@@ -176,3 +176,23 @@ def test_truncated_zstd_shard_is_an_error_not_an_empty_or_shorter_shard(corpus_l
     (tmp_path / "frames.jsonl.zst").write_bytes(whole + zstandard.ZstdCompressor().compress(b"") +
                                                 zstandard.ZstdCompressor().compress("".join(corpus_lines[20:30]).encode()))
     assert len(read_trajectories(tmp_path / "frames.jsonl.zst")) == 30
+
+
+def test_a_duplicate_id_in_a_pipe_is_reported_and_nothing_after_it_is_lost(corpus_lines: list[str], tmp_path: Path) -> None:
+    """Naming a duplicate's first place reads the input again: on a pipe (`zcat x.gz | critstep
+    select /dev/stdin`) that second reader took the rest of the input, which was silently lost."""
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    data = "".join(corpus_lines[:3] + corpus_lines[:1] + corpus_lines[3:])  # several MiB: the writer is still busy
+
+    def feed() -> None:
+        with open(fifo, "w", encoding="utf-8") as f:
+            f.write(data)
+
+    threading.Thread(target=feed, daemon=True).start()
+    problems: list[InputError] = []
+    assert len(list(TrajectoryReader(fifo, on_error=problems.append))) == CORPUS_COUNTS[0]
+    assert [str(p) for p in problems] == [f"{fifo}:4: duplicate trajectory id {json.loads(corpus_lines[0])['id']!r} (seen before in this input)"]
