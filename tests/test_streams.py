@@ -196,3 +196,25 @@ def test_a_duplicate_id_in_a_pipe_is_reported_and_nothing_after_it_is_lost(corpu
     problems: list[InputError] = []
     assert len(list(TrajectoryReader(fifo, on_error=problems.append))) == CORPUS_COUNTS[0]
     assert [str(p) for p in problems] == [f"{fifo}:4: duplicate trajectory id {json.loads(corpus_lines[0])['id']!r} (seen before in this input)"]
+
+
+def test_an_object_of_named_records_reads_from_a_pipe(corpus_lines: list[str], tmp_path: Path) -> None:
+    """Such an object (ReAct prompts, SwiftSage logs) was read a second time for line numbers:
+    from a pipe that second read was empty, and an IndexError traceback followed."""
+    import os
+    import threading
+
+    records = [json.loads(line) for line in corpus_lines[:3]]
+    fifo = tmp_path / "named.json"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "w", encoding="utf-8") as f:
+            json.dump({f"run-{i}": r for i, r in enumerate(records)}, f)
+
+    threading.Thread(target=feed, daemon=True).start()
+    read: list[list[str]] = []  # in a thread: the second open of the pipe waited for a writer forever
+    reader = threading.Thread(target=lambda: read.append([t.id for t in read_trajectories(fifo)]), daemon=True)
+    reader.start()
+    reader.join(timeout=60)
+    assert read == [[r["id"] for r in records]]

@@ -188,7 +188,10 @@ def _records(path: str | Path, format: str | None, on_error: ErrorHandler | None
         if fmt is None or not READERS[fmt].matches(only):
             values = list(only.values())
             if values and all(detect_format(v) for v in values):
-                yield from expand_object(path)
+                if Path(path).is_file():
+                    yield from expand_object(path)  # read again, for each entry's own line number
+                else:  # a pipe cannot be read again: each entry gets the object's line
+                    yield from (Record(v, head[0].line, k) for k, v in only.items())
                 return
     yield from head
     yield from records
