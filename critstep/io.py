@@ -184,14 +184,16 @@ class _Scanner:
             try:
                 value, end = decoder.raw_decode(self.text, self.pos)
             except json.JSONDecodeError as e:
-                if self._fill():
+                # Only a value cut by the end of the text may be completed by more text; any other
+                # error is final (reading on would pull the rest of a malformed file into memory).
+                if (e.pos >= len(self.text) - 8 or e.msg.startswith("Unterminated string")) and self._fill():
                     continue
                 line = self.line + self.text.count("\n", self.pos, e.pos)
                 raise InputError(f"malformed JSON: {e.msg}", self.path, line) from None
             except RecursionError:
                 raise InputError(TOO_DEEP, self.path, self.line) from None
-            if end == len(self.text) and self._fill():
-                continue  # a number may go on in the next chunk
+            if not self.eof and _may_go_on(value, self.text[end:]) and self._fill():
+                continue  # a number may go on in the next chunk ("1" of "12", "1e" of "1e5")
             self._advance(end)
             return value
 
@@ -230,6 +232,12 @@ class _Scanner:
     def _expect_end(self) -> None:
         if self._skip_ws():
             raise InputError("malformed JSON: extra data after the top-level value", self.path, self.line)
+
+
+def _may_go_on(value: Any, after: str) -> bool:
+    """Whether a top-level number decoded at the end of the text may be cut short: only what
+    could still belong to it follows (raw_decode reads "1e" at a chunk's end as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not after.strip("0123456789eE.+-")
 
 
 class _Rest:

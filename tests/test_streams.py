@@ -218,3 +218,29 @@ def test_an_object_of_named_records_reads_from_a_pipe(corpus_lines: list[str], t
     reader.start()
     reader.join(timeout=60)
     assert read == [[r["id"] for r in records]]
+
+
+def test_a_malformed_array_value_is_reported_without_reading_the_rest_into_memory(tmp_path: Path, monkeypatch) -> None:
+    from critstep import io
+
+    monkeypatch.setattr(io._Scanner, "CHUNK", 1 << 12)
+    rest = ",".join(json.dumps({"id": f"t{i}", "messages": [{"role": "assistant", "content": "x" * 200}]}) for i in range(20_000))
+    (tmp_path / "bad.json").write_text('[{"id": "a"},\n{"id": oops},\n' + rest + "]")  # ~5 MB after the error
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match=r"bad\.json:2: malformed JSON: Expecting value"):
+            list(iter_records(tmp_path / "bad.json"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, peak
+
+
+def test_top_level_numbers_and_literals_cut_by_a_chunk_boundary(tmp_path: Path, monkeypatch) -> None:
+    from critstep import io
+
+    values = [1e100, -12.5e-3, 123456789, True, None, "\u00e9 \U0001f600 \\", {"n": -0.5E+2}, 7]
+    (tmp_path / "v.json").write_text(json.dumps(values, indent=1), encoding="utf-8")
+    for chunk in range(1, 40):
+        monkeypatch.setattr(io._Scanner, "CHUNK", chunk)
+        assert [r.value for r in iter_records(tmp_path / "v.json")] == values, chunk
