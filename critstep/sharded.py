@@ -10,7 +10,6 @@ what makes the two engines' selections equal bit for bit.
 from __future__ import annotations
 
 import itertools
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from critstep.errors import OutputError
 from critstep.formats import TrajectoryReader, render_record
-from critstep.io import claim_output_dir, write_jsonl
+from critstep.io import atomic_dir, check_outputs_apart, check_replaceable_dir, write_jsonl
 from critstep.selection import Selection
 from critstep.streams import is_data_file, shard_name, source_root
 from critstep.trajectory import Trajectory
@@ -85,10 +84,10 @@ def select_to(reader: TrajectoryReader, out: Path, select_batch: SelectBatch, ba
                 yield render_record(t, selection)
 
     if targets is not None:
-        for path, trajectories in shards:
-            target = targets[path]
-            write_jsonl(target, records(trajectories))
-            totals.outputs.append(target)
+        with atomic_dir(out, SHARDS_KIND) as tmp:  # whole: no shard of an earlier run stays beside the new ones
+            for path, trajectories in shards:
+                write_jsonl(tmp / targets[path], records(trajectories))
+                totals.outputs.append(out / targets[path])
     else:
         write_jsonl(out, (r for _, trajectories in shards for r in records(trajectories)))
         totals.outputs.append(out)
@@ -96,34 +95,23 @@ def select_to(reader: TrajectoryReader, out: Path, select_batch: SelectBatch, ba
 
 
 def shard_targets(reader: TrajectoryReader, out: Path) -> dict[Path, Path]:
-    """Each input file's output shard under `out`, which is then claimed as critstep's.
+    """Each input file's output shard, relative to `out`; checked before any work.
 
-    Refused before any work: two input shards whose names map to one output shard (`a.json` and
-    `a.jsonl`, or `a.parquet`, all become `a.jsonl`: the second would replace the first), and an
-    output shard that is one of the inputs (`select DIR --out DIR` on an earlier output).
+    Refused: an `out` critstep may not replace, an input inside `out` (the directory is replaced
+    whole: `select DIR --out DIR` on an earlier output), and two input shards whose names map to
+    one output shard (`a.json` and `a.jsonl`, or `a.parquet`, all become `a.jsonl`: the second
+    would replace the first).
     """
+    check_replaceable_dir(out, SHARDS_KIND)
+    check_outputs_apart({"TRAJ": reader.files}, {}, {"--out": out})
     root = source_root(reader.source)
-    inputs = {_identity(path): path for path in reader.files}
     targets: dict[Path, Path] = {}
     writers: dict[Path, Path] = {}
     for path in reader.files:
-        target = out / shard_name(path, root)
+        target = shard_name(path, root)
         if target in writers:
-            raise OutputError(f"the input shards {writers[target]} and {path} would both be written to {target}: "
+            raise OutputError(f"the input shards {writers[target]} and {path} would both be written to {out / target}: "
                               "rename one, or give --out a .jsonl file", out)
-        source = inputs.get(_identity(target))
-        if source is not None:
-            raise OutputError(f"the output shard {target} is the input {source}: refusing to overwrite it; choose another --out", out)
         writers[target] = path
         targets[path] = target
-    claim_output_dir(out, SHARDS_KIND)
     return targets
-
-
-def _identity(path: Path) -> tuple[int, int] | str:
-    """What makes two paths one file: device and inode where it exists, else the resolved path."""
-    try:
-        st = path.stat()
-    except OSError:
-        return os.path.realpath(path)
-    return st.st_dev, st.st_ino

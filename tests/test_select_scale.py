@@ -135,8 +135,32 @@ def test_sharded_output_never_overwrites_its_input_shards(shards: Path, tmp_path
     assert code == 0, output
     before = read_dir(out)
     code, output = run("select", str(out), "--selector", "random", "--seed", "3", "--out", str(out))
-    assert code == 1 and "is the input" in output, output
+    assert code == 1 and "lies in --out" in output, output
     assert read_dir(out) == before
+
+
+def test_sharded_output_is_replaced_whole(shards: Path, tmp_path: Path) -> None:
+    """A rerun leaves no shard of the earlier run beside its own (`tune DIR` would read them all),
+    and a run that fails half-way leaves the earlier output as it was."""
+    from critstep.formats import TrajectoryReader
+    from critstep.sharded import select_to
+
+    out = tmp_path / "sel"
+    assert run("select", str(shards), "--selector", "random", "--out", str(out))[0] == 0
+    before = read_dir(out)
+
+    def fails_on_the_second_batch(batch, calls=[]):  # noqa: B006 (counts the calls)
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("interrupted")
+        return {}
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        select_to(TrajectoryReader(shards), out, fails_on_the_second_batch, 16)
+    assert read_dir(out) == before
+    code, output = run("select", str(shards), "--selector", "random", "--limit", "5", "--out", str(out))
+    assert code == 0, output
+    assert sorted(read_dir(out)) == ["part-0.jsonl"] and len(read_trajectories(out)) == 5
 
 
 def test_sharded_output_is_checked_before_any_selecting(shards: Path, tmp_path: Path) -> None:
