@@ -285,14 +285,16 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     read-only disk becomes an `OutputError` naming the file.
     """
     link = Path(path)
-    path = Path(os.path.realpath(link))
     encoding = None if "b" in mode else "utf-8"
-    if path.exists() and not path.is_file():
-        if path.is_dir():
+    if link.exists() and not link.is_file():  # by what the name opens (stat follows links)
+        if link.is_dir():
             raise OutputError("is a directory, not a file", link)
-        with _disk_errors(link), open(path, mode, encoding=encoding) as f:
+        # Through the name given: /dev/stdout on a pipe resolves to "/proc/<pid>/fd/pipe:[n]",
+        # which is no path, but opens as the pipe.
+        with _disk_errors(link), open(link, mode, encoding=encoding) as f:
             yield f
         return
+    path = Path(os.path.realpath(link))
     with _disk_errors(link):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -136,3 +136,18 @@ def test_atomic_dir_interrupted_while_swapping_keeps_the_earlier_output(tmp_path
     monkeypatch.undo()
     assert (out / "weights").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary directory left behind
+
+
+def test_dev_stdout_on_a_pipe_is_written_through(tmp_path: Path) -> None:
+    """`--out /dev/stdout | ...`: the link resolves to "/proc/<pid>/fd/pipe:[n]", which is no path;
+    a temporary file beside it failed with "No such file or directory"."""
+    import subprocess
+    import sys
+
+    if not os.path.exists("/dev/stdout"):
+        pytest.skip("no /dev/stdout on this system")
+    code = "from critstep.io import write_jsonl; write_jsonl('/dev/stdout', [{'a': 1}, {'b': 2}])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [json.loads(line) for line in done.stdout.splitlines()] == [{"a": 1}, {"b": 2}]
