@@ -329,14 +329,15 @@ def atomic_dir(path: str | Path, kind: str) -> Iterator[Path]:
     empty or critstep's own earlier output of the same `kind` (see `check_replaceable_dir`).
     A symlink is followed and its target replaced (the link stays), as `atomic_write` does.
     """
-    path = Path(os.path.realpath(path))
-    check_replaceable_dir(path, kind)
-    with _disk_errors(path):
+    link = Path(path)
+    check_replaceable_dir(link, kind)  # errors name the path as the user gave it
+    path = Path(os.path.realpath(link))
+    with _disk_errors(link):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an output directory is ordinary data
-        with _disk_errors(path):
+        with _disk_errors(link):
             yield tmp
             _write_marker(tmp, kind)
             _swap_in(tmp, path)
