@@ -105,3 +105,49 @@ def test_tune_refuses_an_unrelated_directory_before_loading_anything(tmp_path: P
         tune([], TuneConfig(model="does-not-matter"), tmp_path)
     assert (tmp_path / "README.md").read_text() == "my notes"
     assert (tmp_path / "tokenizer_config.json").read_text() == "{}"
+
+
+def test_atomic_dir_replaces_the_target_of_a_symlink_and_keeps_the_link(tmp_path: Path) -> None:
+    # `--out models/latest` pointing at an earlier model: rmtree refused the link with a traceback.
+    with atomic_dir(tmp_path / "v1", "model") as tmp:
+        (tmp / "weights").write_text("old")
+    (tmp_path / "latest").symlink_to("v1")
+    with atomic_dir(tmp_path / "latest", "model") as tmp:
+        (tmp / "weights").write_text("new")
+    assert (tmp_path / "latest").is_symlink() and (tmp_path / "v1" / "weights").read_text() == "new"
+
+
+def test_atomic_dir_interrupted_while_swapping_keeps_the_earlier_output(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    out = tmp_path / "out"
+    with atomic_dir(out, "model") as tmp:
+        (tmp / "weights").write_text("old")
+    real_replace = os.replace
+
+    def interrupted(src, dst):
+        if Path(src).name.startswith(".out.") and Path(dst) == out:  # the new directory moving in
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt), atomic_dir(out, "model") as tmp:
+        (tmp / "weights").write_text("new")
+    monkeypatch.undo()
+    assert (out / "weights").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary directory left behind
+
+
+def test_dev_stdout_on_a_pipe_is_written_through(tmp_path: Path) -> None:
+    """`--out /dev/stdout | ...`: the link resolves to "/proc/<pid>/fd/pipe:[n]", which is no path;
+    a temporary file beside it failed with "No such file or directory"."""
+    import subprocess
+    import sys
+
+    if not os.path.exists("/dev/stdout"):
+        pytest.skip("no /dev/stdout on this system")
+    code = "from critstep.io import write_jsonl; write_jsonl('/dev/stdout', [{'a': 1}, {'b': 2}])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [json.loads(line) for line in done.stdout.splitlines()] == [{"a": 1}, {"b": 2}]
