@@ -149,7 +149,8 @@ class IdRegistry:
         self._recent.add(key)
         if len(self._recent) >= self.RECENT:
             recent = np.fromiter(self._recent, dtype=np.uint64, count=len(self._recent))
-            self._sorted = np.sort(np.concatenate([self._sorted, recent]))
+            # two sorted runs: a stable sort merges them in linear time, quicksort would re-sort all
+            self._sorted = np.sort(np.concatenate([self._sorted, np.sort(recent)]), kind="stable")
             self._recent.clear()
         return True
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from critstep.errors import InputError
-from critstep.io import atomic_write, claim_output_dir, portable_path, write_json, write_jsonl
+from critstep.io import atomic_write, check_replaceable_dir, claim_output_dir, portable_path, write_json, write_jsonl
 from critstep.models import CAUSAL_LMS, causal_lm_path, load_tokenizer
 from critstep.trajectory import Trajectory
 from critstep.tuner import checkpoint
@@ -123,8 +123,11 @@ def tune(
 
     out = Path(out_dir)
     accelerator, dtype = make_accelerator(config)
+    # never write into a directory of someone else's files; every process checks (read only), so a
+    # refusal stops them all instead of leaving the others waiting at their first synchronisation
+    check_replaceable_dir(out, "tune")
     if accelerator.is_main_process:
-        claim_output_dir(out, "tune")  # never write into a directory of someone else's files
+        claim_output_dir(out, "tune")
     device = accelerator.device
     show = progress and accelerator.is_main_process
     torch.manual_seed(config.seed)
