@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from critstep.cli import FORMAT_OPTION
 from critstep.commands._features import cache_arg, feature_options
+from critstep.commands._oracle_options import oracle_request_options
 from critstep.errors import ConfigError
+
+if TYPE_CHECKING:
+    from critstep.trajectory import Trajectory
 
 SELECTOR_NAMES = ["distilled", "cascade", "oracle", "all", "random", "perplexity"]
 
@@ -23,11 +28,12 @@ SELECTOR_NAMES = ["distilled", "cascade", "oracle", "all", "random", "perplexity
 @click.option("--budget", default=None, help="Cascade: oracle budget, as 25% (share of trajectories), 40 (calls) or $2.50 (dollars).")
 @click.option("--uncertainty", type=click.Choice(["disagreement", "margin"]), default="disagreement", show_default=True,
               help="Cascade: how the trajectories the distilled model is least sure of are found.")
-@click.option("--oracle-model", default="gpt-4o", show_default=True, help="Oracle/cascade: model at the OpenAI-compatible endpoint.")
+@click.option("--oracle-model", default=None, help="Oracle/cascade: model at the endpoint (default: gpt-4o at OpenAI; elsewhere the served model).")
 @click.option("--base-url", default=None, help="Oracle/cascade: endpoint (default: $OPENAI_BASE_URL, else OpenAI). The key comes from $OPENAI_API_KEY.")
 @click.option("--oracle-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Oracle/cascade: answer cache (default: $CRITSTEP_CACHE/oracle/cache.jsonl).")
 @click.option("--max-cost", type=float, default=None, help="Oracle: stop before spending more than this many dollars.")
+@oracle_request_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output JSONL: trajectories with critical_steps, step_scores and per-message flags.")
 @FORMAT_OPTION
 @feature_options
@@ -40,10 +46,14 @@ def command(
     seed: int,
     budget: str | None,
     uncertainty: str,
-    oracle_model: str,
+    oracle_model: str | None,
     base_url: str | None,
     oracle_cache: Path | None,
     max_cost: float | None,
+    response_format: str,
+    timeout: float,
+    concurrency: int,
+    max_retries: int,
     out: Path,
     fmt: str | None,
     embedder: str | None,
@@ -65,7 +75,8 @@ def command(
       critstep select corpus.jsonl --selector oracle --oracle-model gpt-4o --max-cost 5 --out oracle.jsonl
       critstep select corpus.jsonl --selector random --seed 1 --out random.jsonl
 
-    The oracle leaves out trajectories it could not label; the cascade keeps the distilled choice for them.
+    The oracle leaves out trajectories it could not label (listed with the reason in OUT.failed.jsonl);
+    the cascade keeps the distilled choice for them.
     """
     from collections import Counter
 
@@ -77,7 +88,8 @@ def command(
         raise ConfigError("--threshold applies to the distilled and cascade selectors only")
     if budget is not None and name != "cascade":
         raise ConfigError("--budget applies to the cascade selector only")
-    oracle = {"model": oracle_model, "base_url": base_url, "cache_path": oracle_cache, "ratio": ratio}
+    oracle = {"model": oracle_model, "base_url": base_url, "cache_path": oracle_cache, "ratio": ratio, "response_format": response_format,
+              "timeout": timeout, "concurrency": concurrency, "max_retries": max_retries}
     if name in ("distilled", "cascade"):
         if model_dir is None:
             raise ConfigError(f"the {name} selector needs --model DIR (train one with `critstep distill`)")
@@ -104,6 +116,8 @@ def command(
     selector = build_selector(name, **options)
     trajectories = read_trajectories(traj, fmt)
     selections = selector.select(trajectories, ratio=ratio)
+    if name == "oracle":
+        trajectories = _leave_out_unlabeled(selector, trajectories, out)
     write_trajectories(out, trajectories, selections)
     steps = sum(t.n_steps for t in trajectories)
     chosen = sum(len(s.steps) for s in selections.values())
@@ -114,3 +128,41 @@ def command(
                    f"{len(run.unsent)} not sent; ${run.cost_usd:.4f} spent ({budget} budget)")
     click.echo(f"{name}: selected {chosen:,} of {steps:,} steps ({chosen / max(1, steps):.1%}) in {len(trajectories):,} trajectories "
                f"({', '.join(f'{e} {n}' for e, n in sorted(envs.items()))}); wrote {out}")
+
+
+def _leave_out_unlabeled(selector: Any, trajectories: list[Trajectory], out: Path) -> list[Trajectory]:
+    """The trajectories the oracle labeled; the others go, with their reasons, to OUT.failed.jsonl.
+
+    A trajectory without a selection would make `tune` reject the whole file, so it is left out of
+    OUT and listed (id, reason) beside it; `critstep label --retry-failed` asks again.
+    """
+    from critstep.errors import CritstepError
+    from critstep.io import write_jsonl
+    from critstep.selector.oracle.selector import missing_reasons
+
+    run = selector.last_run
+    click.echo(run.summary(), err=True)
+    reasons = missing_reasons(run)
+    report = out.with_name(out.name + ".failed.jsonl")
+    if not reasons:
+        _remove_stale_report(report)
+        return trajectories
+    write_jsonl(report, ({"id": t.id, "reason": reasons[t.id]} for t in trajectories if t.id in reasons))
+    kept = [t for t in trajectories if t.id not in reasons]
+    click.secho(f"oracle: {len(reasons):,} of {len(trajectories):,} trajectories have no labels and are left out of {out}; "
+                f"ids and reasons in {report}", fg="yellow", err=True)
+    if not any(t.n_steps for t in kept):
+        raise CritstepError(f"the oracle labeled none of the {len(trajectories):,} trajectories; nothing written to {out} (reasons in {report})")
+    return kept
+
+
+def _remove_stale_report(report: Path) -> None:
+    """Delete an earlier run's failure report (only a file of exactly that shape), so it cannot mislead."""
+    import json
+
+    try:
+        rows = [json.loads(line) for line in report.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return
+    if all(isinstance(r, dict) and set(r) == {"id", "reason"} for r in rows):
+        report.unlink()
