@@ -16,8 +16,8 @@ RESPONSE_FORMAT_OPTION = click.option(
 )  # fmt: skip
 TIMEOUT_OPTION = click.option(
     "--timeout", type=click.FloatRange(0, min_open=True), default=120.0, show_default=True,
-    help="Oracle: seconds to wait for the server (for a streamed answer: for its next piece). Retried once; "
-         "the concurrency is halved when a request times out.",
+    help="Oracle: seconds to wait for the server (for a streamed answer: for its next piece). A request that "
+         "times out halves the concurrency and is sent once more, later.",
 )  # fmt: skip
 CONCURRENCY_OPTION = click.option("--concurrency", type=click.IntRange(1), default=4, show_default=True, help="Oracle: requests in flight at once.")
 MAX_RETRIES_OPTION = click.option(

@@ -4,8 +4,9 @@ The client's built-in retries are off so that the policy is explicit and testabl
 
 - 429, 408/409, 5xx and dropped connections are retried with exponential backoff honouring
   `Retry-After`; a `Retry-After` beyond `MAX_RETRY_AFTER` stops the run and says so rather than
-  sleeping it. A time-out is retried once: a server too slow for `--timeout` stays too slow, and the
-  labeler lowers its concurrency instead.
+  sleeping it. A chat request that times out is handed back to the labeler, which halves its
+  concurrency and sends it once more when a slot is free (a server that queues requests stops
+  timing out), rather than retrying it at once into the same queue.
 - 401, 403, `insufficient_quota`, an unknown or pinned model, and an answer that is not an OpenAI
   API response at all (an HTML page: a wrong `--base-url`) stop the whole run: every further
   request would fail the same way.
@@ -46,7 +47,7 @@ RETRY_STATUS = {408, 409, 429}
 MAX_RETRY_AFTER = 300.0
 # Waits at least this long are announced as warnings, not only in the progress line.
 LOUD_WAIT = 30.0
-# Time-outs retried per request (the labeler also halves its concurrency on each).
+# Time-outs retried per request outside chat (the Batch API's calls); chat requests go back to the labeler.
 TIMEOUT_RETRIES = 1
 FORMAT_HINTS = ("response_format", "json_schema", "json_object", "structured output", "guided")
 T = TypeVar("T")
@@ -63,6 +64,10 @@ class APIStopError(CritstepError):
 
 class RequestError(Exception):
     """One request failed for good (retries spent, or a non-retryable error): its trajectory fails."""
+
+
+class TimedOut(RequestError):
+    """A chat request got no answer within the timeout; the labeler may send it once more, later."""
 
 
 class Cancelled(Exception):
@@ -340,12 +345,14 @@ class ChatClient:
                 problem = f"HTTP {status}: {detail}"
                 counts = status != 429  # being rate-limited is not the server failing
             except self._openai.APITimeoutError:
-                self.on_timeout()
-                timeouts += 1
                 problem = f"no answer within --timeout {self.timeout:g} s"
-                if timeouts > TIMEOUT_RETRIES:
+                if chat:
+                    self.on_timeout()
                     self._failed(problem)
-                    raise RequestError(f"{problem}, twice: the server is too slow for this timeout (raise --timeout or lower --concurrency)") from None
+                    raise TimedOut(problem) from None
+                timeouts += 1
+                if timeouts > TIMEOUT_RETRIES:
+                    raise RequestError(f"{problem}, twice") from None
                 wait = 0.0
             except self._openai.APIConnectionError as e:
                 wait, problem = None, self.redact(f"connection error: {e.message}")

@@ -80,6 +80,8 @@ def served_models(base_url: str | None, api_key: str, timeout: float) -> list[st
         page = client.models.list()
         return [m.id for m in page.data]
     except openai.APIStatusError as e:
+        if e.status_code == 503:  # llama-server while it loads the model
+            raise ConfigError(f"{where} is not ready (GET /models: HTTP 503): wait until it has loaded its model, then run again") from None
         raise ConfigError(f"{where} did not list its models (GET /models: HTTP {e.status_code}): name the model with --model") from None
     except openai.APIConnectionError:
         raise ConfigError(f"cannot reach {where} (is the server running, and is --base-url right?)") from None

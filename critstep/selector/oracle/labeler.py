@@ -24,7 +24,7 @@ from typing import Any
 from critstep.errors import ConfigError
 from critstep.labels import CriticalStep, TrajectoryLabels
 from critstep.selector.oracle.cache import LabelCache, cache_key
-from critstep.selector.oracle.client import APIStopError, Cancelled, ChatClient, Completion, RequestError
+from critstep.selector.oracle.client import APIStopError, Cancelled, ChatClient, Completion, RequestError, TimedOut
 from critstep.selector.oracle.config import OracleConfig
 from critstep.selector.oracle.endpoint import endpoint_id, is_openai, resolve_model
 from critstep.selector.oracle.pricing import PriceTable, estimate_tokens, load_prices
@@ -76,6 +76,7 @@ class Job:
     max_tokens: int
     reserve: float = 0.0
     repair_reserve: float = 0.0
+    timed_out: bool = False  # sent once already and got no answer in time
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Outcome:
     stop: str | None = None
     over_budget: bool = False
     cancelled: bool = False
+    timed_out: bool = False
     from_cache: bool = False  # another run sharing the cache answered it while we waited
     estimated_usage: bool = False
     repair_cost: float = 0.0  # already settled with the budget when it was paid
@@ -239,6 +241,10 @@ class OracleLabeler:
             if isinstance(outcome, BaseException):
                 raise outcome
             budget.settle(job.reserve, outcome.cost)
+            if outcome.timed_out and not job.timed_out:
+                job.timed_out = True  # once more, when the (halved) concurrency has room for it
+                pending.append(job)
+                return
             self.merge(run, outcome)
             self._bar.update(1)
             self._bar.set_postfix_str(self._status(run, len(in_flight)), refresh=False)
@@ -247,14 +253,14 @@ class OracleLabeler:
             while pending or in_flight:
                 while pending and run.stopped is None and len(in_flight) < self._limit:
                     job = pending[-1]
-                    if max_calls is not None and sent >= max_calls:
+                    if max_calls is not None and sent >= max_calls and not job.timed_out:
                         run.stopped = f"call limit of {max_calls} trajectories reached"
                     elif not budget.try_reserve(job.reserve):
                         over_budget = job.reserve
                         run.stopped = "budget"
                     else:
                         pending.pop()
-                        sent += 1
+                        sent += int(not job.timed_out)  # a trajectory sent again is not a new call
                         in_flight[job.trajectory.id] = job
                         threading.Thread(target=work, args=(job,), name="critstep-oracle", daemon=True).start()
                 if not in_flight:
@@ -322,6 +328,9 @@ class OracleLabeler:
                     return outcome
                 completion = client.complete(job.request.n_steps, job.request.cap, job.request.messages, job.max_tokens)
                 return self.finish(job, completion, outcome, budget, batch=False)
+        except TimedOut as e:
+            outcome.timed_out = True
+            outcome.error = f"{e}, twice: the server is too slow for this timeout (raise --timeout, or lower --concurrency)"
         except RequestError as e:
             outcome.error = str(e)
         except APIStopError as e:
