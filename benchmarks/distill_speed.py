@@ -154,7 +154,7 @@ def main() -> None:
     g = result["groups"]
     fast = g["structural"]["minutes_per_1k_trajectories"] + g["semantic"]["minutes_per_1k_trajectories"]
     full = fast + g["token"]["minutes_per_1k_trajectories"]
-    compute = yaml.safe_load((ROOT / "configs" / "compute_prices.yaml").read_text())["cpu"]["usd_per_hour"]
+    compute = yaml.safe_load((ROOT / "critstep" / "configs" / "compute_prices.yaml").read_text())["cpu"]["usd_per_hour"]
     result["projection_1k"] = {
         "embeddings_structural_minutes": fast,
         "all_features_minutes": full,

@@ -206,6 +206,7 @@ class CascadeSelector(Selector):
     """
 
     name = "cascade"
+    streamable = False
 
     def __init__(
         self,
