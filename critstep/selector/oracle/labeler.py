@@ -24,7 +24,7 @@ from typing import Any
 from critstep.errors import ConfigError
 from critstep.labels import CriticalStep, TrajectoryLabels
 from critstep.selector.oracle.cache import LabelCache, cache_key
-from critstep.selector.oracle.client import APIStopError, Cancelled, ChatClient, Completion, RequestError, TimedOut
+from critstep.selector.oracle.client import APIStopError, Cancelled, ChatClient, Completion, CutShort, RequestError, TimedOut
 from critstep.selector.oracle.config import OracleConfig
 from critstep.selector.oracle.endpoint import endpoint_id, is_openai, resolve_model
 from critstep.selector.oracle.pricing import PriceTable, estimate_tokens, load_prices
@@ -77,6 +77,7 @@ class Job:
     reserve: float = 0.0
     repair_reserve: float = 0.0
     timed_out: bool = False  # sent once already and got no answer in time
+    shared_server: bool = False  # sent while other requests of this run could be in flight
 
 
 @dataclass
@@ -94,6 +95,7 @@ class Outcome:
     over_budget: bool = False
     cancelled: bool = False
     timed_out: bool = False
+    cut_short: bool = False  # the server ended the answer to serve another request
     from_cache: bool = False  # another run sharing the cache answered it while we waited
     estimated_usage: bool = False
     repair_cost: float = 0.0  # already settled with the budget when it was paid
@@ -241,8 +243,10 @@ class OracleLabeler:
             if isinstance(outcome, BaseException):
                 raise outcome
             budget.settle(job.reserve, outcome.cost)
-            if outcome.timed_out and not job.timed_out:
-                job.timed_out = True  # once more, when the (halved) concurrency has room for it
+            # Once more, when the (halved) concurrency has room for it; an answer the server dropped
+            # for another of our requests goes again until it runs alone (the concurrency halves each time).
+            if outcome.timed_out and (not job.timed_out or (outcome.cut_short and job.shared_server)):
+                job.timed_out = True
                 pending.append(job)
                 return
             self.merge(run, outcome)
@@ -262,6 +266,7 @@ class OracleLabeler:
                         pending.pop()
                         sent += int(not job.timed_out)  # a trajectory sent again is not a new call
                         in_flight[job.trajectory.id] = job
+                        job.shared_server = self._limit > 1
                         threading.Thread(target=work, args=(job,), name="critstep-oracle", daemon=True).start()
                 if not in_flight:
                     break
@@ -306,14 +311,11 @@ class OracleLabeler:
         else:
             log.info("%s: %s", self.endpoint, message)
 
-    def _slow_down(self) -> None:
-        """A request timed out: the server cannot keep up, so fewer requests go at once."""
+    def _slow_down(self, why: str) -> None:
+        """A request timed out or was cut short: the server cannot keep up, so fewer requests go at once."""
         if self._limit > 1:
             self._limit = max(1, self._limit // 2)
-            log.warning(
-                "%s gave no answer within --timeout %g s: sending %d request(s) at a time from now on",
-                self.endpoint, self.config.timeout, self._limit,
-            )  # fmt: skip
+            log.warning("%s %s: sending %d request(s) at a time from now on", self.endpoint, why, self._limit)
 
     def _ask(self, job: Job, budget: Budget) -> Outcome:
         """Runs in a worker thread: claim the key, then one request, validated, and at most one repair."""
@@ -329,8 +331,8 @@ class OracleLabeler:
                 completion = client.complete(job.request.n_steps, job.request.cap, job.request.messages, job.max_tokens)
                 return self.finish(job, completion, outcome, budget, batch=False)
         except TimedOut as e:
-            outcome.timed_out = True
-            outcome.error = f"{e}, twice: the server is too slow for this timeout (raise --timeout, or lower --concurrency)"
+            outcome.timed_out, outcome.cut_short = True, isinstance(e, CutShort)
+            outcome.error = f"{e}, twice: {e.hint}"
         except RequestError as e:
             outcome.error = str(e)
         except APIStopError as e:
