@@ -306,3 +306,21 @@ def test_select_oracle_leaves_out_failed_trajectories_and_tune_reads_the_rest(fa
     rerun = CliRunner().invoke(cli, [*args[:-6], "--oracle-cache", str(tmp_path / "fresh.jsonl")], env={"OPENAI_API_KEY": KEY})
     assert rerun.exit_code == 0, rerun.output
     assert not (tmp_path / "sel.jsonl.failed.jsonl").exists() and len(load_selection(tmp_path / "sel.jsonl")) == 4
+
+
+def test_select_oracle_into_shards_leaves_out_failed_trajectories_beside_the_directory(fake, tmp_path):
+    records = sample_trajectories(4)
+    shards = tmp_path / "in"
+    shards.mkdir()
+    for i, part in enumerate((records[:2], records[2:])):
+        (shards / f"part-{i}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    fake.queue(Reply(content="no JSON"), Reply(content="still no JSON"))
+    out = tmp_path / "selected"
+    args = ["select", str(shards), "--selector", "oracle", "--out", str(out), "--base-url", fake.url,
+            "--oracle-cache", str(tmp_path / "c.jsonl"), "--concurrency", "1", "--response-format", "json_schema"]  # fmt: skip
+    result = CliRunner().invoke(cli, args, env={"OPENAI_API_KEY": KEY})
+    assert result.exit_code == 0, result.output
+    written = {p.name: [json.loads(line)["id"] for line in p.read_text().splitlines()] for p in sorted(out.glob("*.jsonl"))}
+    assert written == {"part-0.jsonl": ["traj-1"], "part-1.jsonl": ["traj-2", "traj-3"]}
+    report = [json.loads(line) for line in (tmp_path / "selected.failed.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in report] == ["traj-0"] and "in 3 trajectories" in result.output
