@@ -84,7 +84,9 @@ def label(name: str, url: str, data: Path, work: Path, timeout: float) -> dict:
     out, cache = work / f"{name}.labels.jsonl", work / f"{name}.cache.jsonl"
     args = [sys.executable, "-m", "critstep", "label", str(data), "--out", str(out), "--base-url", url, "--cache", str(cache)]
     start = time.monotonic()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # Ctrl-C reaches critstep even when this script runs in the background (where SIGINT starts ignored).
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         text, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
