@@ -8,7 +8,8 @@ settled on, the failure kinds, and the agreement (step F1) of the labels with th
 gives the floor. A 135M model is the honest baseline of "a small local oracle", not a teacher.
 
     make llama-server llama-cpp-python-server transformers-serve     # once (see the README for times)
-    .venv/bin/python benchmarks/oracle_servers.py --n 24            # -> benchmarks/results/oracle_servers.json
+    nice -n 10 .venv/bin/python benchmarks/oracle_servers.py --n 8 --max-steps 5 --timeout 420
+                                                                    # -> benchmarks/results/oracle_servers.json (README table, ~30 min here)
 
 Servers not installed are skipped and say so. Timings come from one shared, loaded 2-core
 machine: compare servers within one run, not across runs.
