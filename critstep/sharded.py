@@ -59,11 +59,13 @@ def batches(trajectories: Iterable[Trajectory], size: int) -> Iterator[list[Traj
         yield batch
 
 
-def select_to(reader: TrajectoryReader, out: Path, select_batch: SelectBatch, batch_size: int | None) -> Totals:
+def select_to(reader: TrajectoryReader, out: Path, select_batch: SelectBatch, batch_size: int | None,
+              keep: Callable[[Trajectory], bool] | None = None) -> Totals:
     """Select every trajectory of `reader` and write them, with their selections, to `out`.
 
     `batch_size=None` hands the selector the whole input at once (selectors whose choice for one
-    trajectory depends on the others: the cascade's budget, the oracle's cost cap).
+    trajectory depends on the others: the cascade's budget, the oracle's cost cap). `keep`, asked
+    after its batch was selected, leaves a trajectory out of `out` (the oracle's unlabeled ones).
     """
     totals = Totals()
     targets = shard_targets(reader, out) if is_directory_output(out) else None  # checked before any selecting
@@ -79,6 +81,8 @@ def select_to(reader: TrajectoryReader, out: Path, select_batch: SelectBatch, ba
     def records(trajectories: Iterable[Trajectory]) -> Iterator[dict]:
         for batch, selections in chosen(trajectories):
             for t in batch:
+                if keep is not None and not keep(t):
+                    continue
                 selection = selections.get(t.id)
                 totals.add(t, selection)
                 yield render_record(t, selection)
