@@ -478,6 +478,12 @@ def _same_file(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def writes_through(path: str | Path | None) -> bool:
+    """Whether an output at `path` is a device, FIFO or socket (`/dev/stdout`, a pipe): written
+    through rather than replaced, and possibly the terminal, so status lines go to stderr."""
+    return path is not None and not _replaceable(Path(path))
+
+
 def _replaceable(path: Path) -> bool:
     """A regular file, a directory, or nothing yet: what an output would replace (not a device or FIFO)."""
     try:

@@ -151,3 +151,19 @@ def test_dev_stdout_on_a_pipe_is_written_through(tmp_path: Path) -> None:
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert done.returncode == 0, done.stderr[-2000:]
     assert [json.loads(line) for line in done.stdout.splitlines()] == [{"a": 1}, {"b": 2}]
+
+
+def test_select_to_stdout_keeps_its_summary_out_of_the_selections(tmp_path):
+    """`select --out /dev/stdout | ...`: the output is JSONL only, the summary line goes to stderr."""
+    import json
+    import subprocess
+    import sys
+
+    traj = tmp_path / "t.jsonl"
+    traj.write_text(json.dumps({"id": "a", "messages": [
+        {"role": "user", "content": "task"}, {"role": "assistant", "content": "go"},
+        {"role": "user", "content": "ok"}, {"role": "assistant", "content": "done"}]}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "critstep", "select", str(traj), "--selector", "random", "--out", "/dev/stdout"],
+                          capture_output=True, text=True, check=True)
+    assert [json.loads(line)["id"] for line in proc.stdout.splitlines()] == ["a"]
+    assert "random: selected" in proc.stderr

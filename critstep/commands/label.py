@@ -67,7 +67,7 @@ def command(path: str, out: Path | None, fmt: str | None, limit: int | None, dry
       critstep label 'shards/part-0000*.jsonl.zst' --out labels-0.jsonl --cache cache/oracle.jsonl
     """
     from critstep.formats import read_trajectories
-    from critstep.io import check_outputs_apart
+    from critstep.io import check_outputs_apart, writes_through
     from critstep.labels import write_labels
     from critstep.selector.oracle import OracleConfig, OracleLabeler
     from critstep.selector.oracle.batch import default_state_path
@@ -88,9 +88,9 @@ def command(path: str, out: Path | None, fmt: str | None, limit: int | None, dry
                         {"--out": out, "--cache": config.resolved_cache_path(), "the batch state": batch_state})
     run = labeler.label(trajectories, max_calls=max_calls)
     write_labels(out, run.records(trajectories))
-    click.echo(run.summary())
+    click.echo(run.summary(), err=writes_through(out))
     report_failures(run)
-    click.echo(f"wrote {out} ({len(run.labels):,} labeled, {len(run.failed):,} failed)")
+    click.echo(f"wrote {out} ({len(run.labels):,} labeled, {len(run.failed):,} failed)", err=writes_through(out))
     if run.fatal:
         raise CritstepError(run.stopped or "the API stopped the run")
     if run.interrupted:

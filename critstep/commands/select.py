@@ -101,9 +101,9 @@ def command(
     the cascade keeps the distilled choice for them.
     """
     from critstep.formats import TrajectoryReader
-    from critstep.io import check_outputs_apart
+    from critstep.io import check_outputs_apart, writes_through
     from critstep.selector import build_selector
-    from critstep.sharded import select_to
+    from critstep.sharded import is_directory_output, select_to, shard_targets
 
     cache = cache_arg(cache_dir, no_cache)
     if threshold and name not in ("distilled", "cascade"):
@@ -147,6 +147,8 @@ def command(
         import_ray()
         if not selector.streamable:
             raise ConfigError(f"--engine ray runs selectors that choose per trajectory; the {name} selector needs the whole input in one process")
+        if is_directory_output(out):
+            shard_targets(reader, out)  # refused before Ray starts, not after its start-up
         ray_options = RayOptions(address, num_workers, num_gpus_per_worker)
         with RaySelections(reader, (name, options), ratio, batch_size, ray_options) as remote:
             totals = select_to(reader, out, remote, batch_size)
@@ -164,10 +166,11 @@ def command(
     if name == "cascade":
         run = selector.run_
         click.echo(f"cascade: {len(run.answered)} trajectories answered by the oracle, {len(run.failed)} failed, "
-                   f"{len(run.unsent)} not sent; ${run.cost_usd:.4f} spent ({budget} budget)")
+                   f"{len(run.unsent)} not sent; ${run.cost_usd:.4f} spent ({budget} budget)", err=writes_through(out))
     wrote = f"{len(totals.outputs):,} shards to {out}" if len(totals.outputs) > 1 or out.is_dir() else str(out)
     click.echo(f"{name}: selected {totals.chosen:,} of {totals.steps:,} steps ({totals.chosen / max(1, totals.steps):.1%}) in "
-               f"{totals.trajectories:,} trajectories ({', '.join(f'{e} {n}' for e, n in sorted(totals.envs.items()))}); wrote {wrote}")
+               f"{totals.trajectories:,} trajectories ({', '.join(f'{e} {n}' for e, n in sorted(totals.envs.items()))}); wrote {wrote}",
+               err=writes_through(out))  # not into the selections when --out is stdout
 
 
 def _oracle_cache(name: str, path: Path | None) -> Path | None:
