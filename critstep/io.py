@@ -427,6 +427,39 @@ def portable_path(path: str | Path) -> str:
 
 PathArg = str | Path | None
 
+# What the first record of each of critstep's JSONL outputs carries: an existing file is replaced
+# only when it has these fields, i.e. when critstep (or a tool writing the same schema) wrote it.
+SELECTIONS_FILE = ("selections", ("critical_steps",))
+LABELS_FILE = ("labels", ("id", "n_steps"))
+SUGGESTIONS_FILE = ("suggestions", ("rank", "id", "score"))
+FAILURE_REPORT = ("a failure report", ("id", "reason"))
+SUPERVISED_DUMP = ("a supervised-text dump", ("id", "spans"))
+
+
+def check_replaceable_file(path: PathArg, kind: tuple[str, tuple[str, ...]], option: str = "--out") -> None:
+    """Refuse to replace an existing file that critstep did not write: it must be absent, empty, a
+    device or FIFO (written through), or hold `kind`'s records. Called before any work or API call."""
+    if path is None:
+        return
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+    except OSError:
+        return  # unreachable now: writing it will say why, in one line
+    what, fields = kind
+    from critstep.streams import open_text
+
+    try:
+        with open_text(path) as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError, EOFError, InputError):
+        first = None
+    if isinstance(first, dict) and all(k in first for k in fields):
+        return
+    raise OutputError(f"{option} exists and is not {what} written by critstep; critstep does not replace "
+                      "files it did not write: remove it or choose another path", path)
+
 
 def check_outputs_apart(
     inputs: dict[str, PathArg | Sequence[PathArg]], outputs: dict[str, PathArg], output_dirs: dict[str, PathArg] | None = None

@@ -167,3 +167,43 @@ def test_select_to_stdout_keeps_its_summary_out_of_the_selections(tmp_path):
                           capture_output=True, text=True, check=True)
     assert [json.loads(line)["id"] for line in proc.stdout.splitlines()] == ["a"]
     assert "random: selected" in proc.stderr
+
+
+def _one_trajectory(path: Path) -> Path:
+    path.write_text(json.dumps({"id": "a", "messages": [
+        {"role": "user", "content": "task"}, {"role": "assistant", "content": "go"},
+        {"role": "user", "content": "ok"}, {"role": "assistant", "content": "done"}]}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("theirs", ["my notes\n", '{"id": "x", "messages": []}\n'])
+def test_select_never_replaces_a_file_it_did_not_write(tmp_path: Path, theirs: str) -> None:
+    """A user's notes or own dataset at --out stays as it was; critstep's earlier selections are replaced."""
+    from click.testing import CliRunner
+
+    from critstep.cli import cli
+
+    traj = _one_trajectory(tmp_path / "t.jsonl")
+    target = tmp_path / "theirs.jsonl"
+    target.write_text(theirs)
+    result = CliRunner().invoke(cli, ["select", str(traj), "--selector", "random", "--out", str(target)])
+    assert result.exit_code == 1 and "does not replace files it did not write" in result.output
+    assert target.read_text() == theirs
+    ours = tmp_path / "sel.jsonl.gz"
+    for _ in range(2):  # the second run replaces the first's output
+        result = CliRunner().invoke(cli, ["select", str(traj), "--selector", "random", "--out", str(ours)])
+        assert result.exit_code == 0, result.output
+
+
+def test_label_refuses_a_file_it_did_not_write_before_any_request(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from critstep.cli import cli
+
+    traj = _one_trajectory(tmp_path / "t.jsonl")
+    target = tmp_path / "labels.jsonl"
+    target.write_text('{"note": "mine"}\n')
+    result = CliRunner().invoke(cli, ["label", str(traj), "--out", str(target), "--base-url", "http://127.0.0.1:9/v1",
+                                      "--model", "m", "--cache", str(tmp_path / "cache.jsonl")], env={"OPENAI_API_KEY": "sk-test"})
+    assert result.exit_code == 1 and "does not replace files it did not write" in result.output, result.output
+    assert target.read_text() == '{"note": "mine"}\n'

@@ -67,7 +67,7 @@ def command(path: str, out: Path | None, fmt: str | None, limit: int | None, dry
       critstep label 'shards/part-0000*.jsonl.zst' --out labels-0.jsonl --cache cache/oracle.jsonl
     """
     from critstep.formats import read_trajectories
-    from critstep.io import check_outputs_apart, writes_through
+    from critstep.io import LABELS_FILE, check_outputs_apart, check_replaceable_file, writes_through
     from critstep.labels import write_labels
     from critstep.selector.oracle import OracleConfig, OracleLabeler
     from critstep.selector.oracle.batch import default_state_path
@@ -86,6 +86,7 @@ def command(path: str, out: Path | None, fmt: str | None, limit: int | None, dry
     assert out is not None
     check_outputs_apart({"PATH": expand_source(path), "--prices": config.prices_path},
                         {"--out": out, "--cache": config.resolved_cache_path(), "the batch state": batch_state})
+    check_replaceable_file(out, LABELS_FILE)
     run = labeler.label(trajectories, max_calls=max_calls)
     write_labels(out, run.records(trajectories))
     click.echo(run.summary(), err=writes_through(out))

@@ -101,7 +101,7 @@ def command(
     the cascade keeps the distilled choice for them.
     """
     from critstep.formats import TrajectoryReader
-    from critstep.io import check_outputs_apart, writes_through
+    from critstep.io import FAILURE_REPORT, SELECTIONS_FILE, check_outputs_apart, check_replaceable_file, writes_through
     from critstep.selector import build_selector
     from critstep.sharded import is_directory_output, select_to, shard_targets
 
@@ -140,6 +140,10 @@ def command(
     reader = TrajectoryReader(traj, fmt, limit=limit)
     check_outputs_apart({"TRAJ": reader.files}, {"--out": out, "--oracle-cache": _oracle_cache(name, oracle_cache),
                                                  "the failure report": _failure_report(out) if name == "oracle" else None})
+    if not is_directory_output(out):
+        check_replaceable_file(out, SELECTIONS_FILE)
+    if name == "oracle":
+        check_replaceable_file(_failure_report(out), FAILURE_REPORT, "the failure report")
     selector = build_selector(name, **options)
     if engine == "ray":
         from critstep.ray_engine import RayOptions, RaySelections, import_ray

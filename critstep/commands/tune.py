@@ -68,7 +68,7 @@ def command(
     critstep tune selected.jsonl --model smollm2-135m --dump-supervised spans.jsonl
     """
     from critstep.errors import ConfigError
-    from critstep.io import check_outputs_apart
+    from critstep.io import SUPERVISED_DUMP, check_outputs_apart, check_replaceable_file
     from critstep.streams import expand_source
     from critstep.tuner import TuneConfig, tune
     from critstep.tuner import dump_supervised as dump
@@ -87,6 +87,7 @@ def command(
         click.echo(f"warning: --trust-remote-code: Python code from {config.model} will run on this machine", err=True)
     if dump_supervised is not None:
         check_outputs_apart({"SELECTED": expand_source(selected), "--config": config_path, "--eval": eval_path}, {"--dump-supervised": dump_supervised})
+        check_replaceable_file(dump_supervised, SUPERVISED_DUMP, "--dump-supervised")
         n = dump(selected, config, dump_supervised)
         click.echo(f"wrote the supervised spans of {n} trajectories to {dump_supervised}")
         return
