@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from critstep.configs import resolve_config
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "benchmark"
 RESULTS = REPO / "benchmarks" / "results" / "scale.json"
@@ -175,11 +177,10 @@ def plan(thr: dict | None, cpu_price: float, gpu_price: float, gpu_tokens_per_s:
     token = speed["groups"]["token"]
     core_s_token = token["minutes_per_1k_trajectories"] * 60 / 1000 * 2  # measured with 2 torch threads
     tokens_per_traj = speed["windows"]["512"]["context_tokens_per_trajectory"] + speed["windows"]["512"]["nocontext_tokens_per_trajectory"]
-    if thr is not None:
-        core_s = 2 / thr["trajectories_per_s"]["plain"]  # the plain run used both cores
-        core_s_ray = 1 / (thr["trajectories_per_s"]["ray-2"] / 2)
-    else:
-        core_s = core_s_ray = speed["groups"]["semantic"]["minutes_per_1k_trajectories"] * 60 / 1000 * 2
+    # Per-trajectory cost from the quiet measurement (the throughput run shares a loaded machine);
+    # a Ray worker adds its measured overhead over the plain run, never less than nothing.
+    core_s = speed["groups"]["semantic"]["minutes_per_1k_trajectories"] * 60 / 1000 * 2
+    core_s_ray = core_s * (1 + max(0.0, thr["ray_1_worker_overhead"])) if thr is not None else core_s
     _, dry = critstep("label", str(SHARED / "corpus.jsonl"), "--dry-run")
     corpus_n = int(re.search(r"([\d,]+) trajectories", dry).group(1).replace(",", ""))
     standard, batch = (float(x.replace(",", "")) for x in re.search(r"\$([\d,.]+) \(Batch API: \$([\d,.]+)\)", dry).groups())
@@ -220,7 +221,7 @@ def main() -> None:
         raise SystemExit(f"needs the shared benchmark data at {SHARED}")
     import yaml
 
-    compute = yaml.safe_load((REPO / "configs" / "compute_prices.yaml").read_text())
+    compute = yaml.safe_load(resolve_config("configs/compute_prices.yaml").read_text())
     work = args.work or Path(tempfile.mkdtemp(prefix="critstep-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     result: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

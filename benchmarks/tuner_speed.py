@@ -12,8 +12,10 @@ own subprocess so its peak memory is its own. Tokens/s counts real (non-padding)
     .venv/bin/python benchmarks/tuner_speed.py [--steps 3] [--seq-len 1024] [--batch-tokens 2048]
     # GPU: a Llama-3.1-8B-shaped model with random weights on 4k-token trajectories, with MFU
     .venv/bin/python benchmarks/tuner_speed.py --gpu-shape llama3-8b [--steps 10]
+    # the compute dtype: critstep in bf16 against critstep in fp32 (how the CPU default was chosen)
+    .venv/bin/python benchmarks/tuner_speed.py --variants critstep:bfloat16,critstep:float32
 
-Prints a table and writes benchmarks/results/tuner_speed[-SHAPE].json.
+Prints a table and writes benchmarks/results/tuner_speed[-SHAPE|-dtypes].json.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("critstep", "baseline")
 # Model shapes with random weights. "tiny" exists to check this code path on any machine.
 SHAPES: dict[str, dict[str, Any]] = {
     "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -112,17 +113,20 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
     from critstep.tuner.loss import supervised_loss
     from critstep.tuner.modeling import load_model, make_optimizer
     from critstep.tuner.packing import collate, pack
+    from critstep.tuner.train import make_accelerator
     from critstep.tuner.windows import Window
 
-    variant = spec["variant"]
+    variant = spec["variant"].split(":")[0]
     torch.manual_seed(0)
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
     config = TuneConfig(model=spec["model"], mode=spec["mode"], max_seq_len=spec["seq_len"], lora_dropout=0.0,
                         attn_implementation=spec["attn"], compute_dtype=spec["dtype"])
+    # the tuner's own precision setup: mixed precision in the compute dtype, fp32 trainable weights
+    accelerator, dtype = make_accelerator(config)
+    device = accelerator.device
     model = load_model(config, device)
     model.train()
-    optimizer = make_optimizer(model, config, cuda)
+    model, optimizer = accelerator.prepare(model, make_optimizer(model, config, cuda))
     windows = [Window("w", w["input_ids"], w["labels"]) for w in spec["windows"]]
 
     # Both variants see the same windows in each step: critstep packs them into one padding-free
@@ -134,7 +138,7 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
         if variant == "critstep":
             batch = collate(group).to(device)
             loss, n = supervised_loss(model, batch)
-            (loss / n).backward()
+            accelerator.backward(loss / n)
             return batch.n_tokens, batch.n_tokens
         width = max(map(len, group))
         ids = torch.zeros(len(group), width, dtype=torch.long)
@@ -145,7 +149,7 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
             mask[r, : len(w)] = 1
             labels[r, : len(w)] = torch.tensor(w.labels)
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device), use_cache=False)
-        out.loss.backward()
+        accelerator.backward(out.loss)
         return int(mask.sum()), ids.numel()
 
     def optimizer_step() -> None:
@@ -173,7 +177,8 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
     result = {
-        "variant": variant,
+        "variant": spec["variant"],
+        "compute_dtype": str(dtype).removeprefix("torch."),
         "steps": spec["steps"],
         "tokens": real,
         "padded_tokens": padded,
@@ -189,7 +194,7 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
         result["peak_rss_gib"] = _status_kb("VmHWM") / 2**20
         result["peak_rss_above_start_gib"] = (_status_kb("VmHWM") - rss_before) / 2**20 if exact_rss else None
         result["device"] = f"cpu ({torch.get_num_threads()} threads)"
-    result["flops_per_step"] = train_flops(model.config, schedule[spec["warmup"] :], variant)
+    result["flops_per_step"] = train_flops(accelerator.unwrap_model(model).config, schedule[spec["warmup"] :], variant)
     return result
 
 
@@ -259,6 +264,13 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def ratio_spread(runs: list[dict[str, Any]], variants: list[str]) -> list[float]:
+    """The first variant's tokens/s over the second's, round by round (runs alternate the variants)."""
+    first = [r for r in runs if r["variant"] == variants[0]]
+    second = [r for r in runs if r["variant"] == variants[1]]
+    return [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(first, second, strict=True)]
+
+
 def mfu(result: dict[str, Any]) -> float | None:
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in result.get("device", "")), None)
     if peak is None:
@@ -280,7 +292,9 @@ def main() -> None:
     parser.add_argument("--trajectories", type=int, default=24)
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "benchmark")
     parser.add_argument("--attn", default="sdpa")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="compute dtype of every variant")
+    parser.add_argument("--variants", default="critstep,baseline",
+                        help="comma-separated NAME[:DTYPE], NAME critstep or baseline (e.g. critstep:bfloat16,critstep:float32)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run_variant(json.loads(Path(args.worker).read_text()))))
@@ -304,28 +318,33 @@ def main() -> None:
                 "batch_tokens": batch_tokens, "attn": args.attn, "dtype": args.dtype}
         # Variants alternate over rounds (each on the next stretch of the same data), so a machine
         # whose load drifts during the run (a shared one) does not favour whichever ran first.
-        runs = [launch({**spec, "variant": v, "offset": r * (steps + args.warmup)}, workdir)
-                for r in range(args.rounds) for v in VARIANTS]
-        results = [combine([run for run in runs if run["variant"] == v]) for v in VARIANTS]
+        variants = args.variants.split(",")
+        runs = [launch({**spec, "variant": v, "dtype": v.split(":")[1] if ":" in v else args.dtype,
+                        "offset": r * (steps + args.warmup)}, workdir)
+                for r in range(args.rounds) for v in variants]
+        results = [combine([run for run in runs if run["variant"] == v]) for v in variants]
+        spread = ratio_spread(runs, variants)
 
     for r in results:
         r["mfu"] = mfu(r)
     memory_key = "peak_memory_gib" if "peak_memory_gib" in results[0] else "peak_rss_gib"
     print(f"{label}: {len(windows)} windows (<= {seq_len} tokens), ~{batch_tokens} tokens/step, {steps * args.rounds} timed steps each ({args.rounds} alternating rounds), on {results[0]['device']}")
-    header = f"{'variant':<10}{'tokens/s':>11}{'peak GiB':>10}{'pad share':>11}{'supervised':>12}{'MFU':>8}"
+    header = f"{'variant':<20}{'tokens/s':>11}{'peak GiB':>10}{'pad share':>11}{'supervised':>12}{'MFU':>8}"
     print(header)
     print("-" * len(header))
     for r in results:
         pad = 1 - r["tokens"] / r["padded_tokens"]
         m = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
-        print(f"{r['variant']:<10}{r['tokens_per_s']:>11.1f}{r[memory_key]:>10.2f}{pad:>11.1%}{r['supervised_tokens'] / r['tokens']:>12.1%}{m:>8}")
+        print(f"{r['variant']:<20}{r['tokens_per_s']:>11.1f}{r[memory_key]:>10.2f}{pad:>11.1%}{r['supervised_tokens'] / r['tokens']:>12.1%}{m:>8}")
     speedup = results[0]["tokens_per_s"] / results[1]["tokens_per_s"]
-    print(f"critstep / baseline tokens/s: {speedup:.2f}x; peak memory {results[0][memory_key]:.2f} vs {results[1][memory_key]:.2f} GiB")
-    out = ROOT / "benchmarks" / "results" / (f"tuner_speed-{args.gpu_shape}.json" if args.gpu_shape else "tuner_speed.json")
+    print(f"{variants[0]} / {variants[1]} tokens/s: {speedup:.2f}x (per round: {', '.join(f'{x:.2f}' for x in spread)}); "
+          f"peak memory {results[0][memory_key]:.2f} vs {results[1][memory_key]:.2f} GiB")
+    name = f"tuner_speed-{args.gpu_shape}" if args.gpu_shape else "tuner_speed" if variants[1] == "baseline" else "tuner_speed-dtypes"
+    out = ROOT / "benchmarks" / "results" / f"{name}.json"
     from critstep.io import write_json
 
     write_json(out, {"setup": {k: v for k, v in spec.items() if k != "windows"} | {"windows": len(windows), "label": label},
-                     "results": results, "speedup": speedup})
+                     "results": results, "speedup": speedup, "speedup_per_round": spread})
     print(f"wrote {out}")
 
 

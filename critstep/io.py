@@ -184,14 +184,16 @@ class _Scanner:
             try:
                 value, end = decoder.raw_decode(self.text, self.pos)
             except json.JSONDecodeError as e:
-                if self._fill():
+                # Only a value cut by the end of the text may be completed by more text; any other
+                # error is final (reading on would pull the rest of a malformed file into memory).
+                if (e.pos >= len(self.text) - 8 or e.msg.startswith("Unterminated string")) and self._fill():
                     continue
                 line = self.line + self.text.count("\n", self.pos, e.pos)
                 raise InputError(f"malformed JSON: {e.msg}", self.path, line) from None
             except RecursionError:
                 raise InputError(TOO_DEEP, self.path, self.line) from None
-            if end == len(self.text) and self._fill():
-                continue  # a number may go on in the next chunk
+            if not self.eof and _may_go_on(value, self.text[end:]) and self._fill():
+                continue  # a number may go on in the next chunk ("1" of "12", "1e" of "1e5")
             self._advance(end)
             return value
 
@@ -230,6 +232,12 @@ class _Scanner:
     def _expect_end(self) -> None:
         if self._skip_ws():
             raise InputError("malformed JSON: extra data after the top-level value", self.path, self.line)
+
+
+def _may_go_on(value: Any, after: str) -> bool:
+    """Whether a top-level number decoded at the end of the text may be cut short: only what
+    could still belong to it follows (raw_decode reads "1e" at a chunk's end as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not after.strip("0123456789eE.+-")
 
 
 class _Rest:
@@ -277,14 +285,16 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     read-only disk becomes an `OutputError` naming the file.
     """
     link = Path(path)
-    path = Path(os.path.realpath(link))
     encoding = None if "b" in mode else "utf-8"
-    if path.exists() and not path.is_file():
-        if path.is_dir():
+    if link.exists() and not link.is_file():  # by what the name opens (stat follows links)
+        if link.is_dir():
             raise OutputError("is a directory, not a file", link)
-        with _disk_errors(link), open(path, mode, encoding=encoding) as f:
+        # Through the name given: /dev/stdout on a pipe resolves to "/proc/<pid>/fd/pipe:[n]",
+        # which is no path, but opens as the pipe.
+        with _disk_errors(link), open(link, mode, encoding=encoding) as f:
             yield f
         return
+    path = Path(os.path.realpath(link))
     with _disk_errors(link):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -317,23 +327,40 @@ def atomic_dir(path: str | Path, kind: str) -> Iterator[Path]:
 
     A failed write leaves any earlier output intact, and `path` is replaced only if it is absent,
     empty or critstep's own earlier output of the same `kind` (see `check_replaceable_dir`).
+    A symlink is followed and its target replaced (the link stays), as `atomic_write` does.
     """
-    path = Path(path)
-    check_replaceable_dir(path, kind)
-    with _disk_errors(path):
+    link = Path(path)
+    check_replaceable_dir(link, kind)  # errors name the path as the user gave it
+    path = Path(os.path.realpath(link))
+    with _disk_errors(link):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an output directory is ordinary data
-        with _disk_errors(path):
+        with _disk_errors(link):
             yield tmp
             _write_marker(tmp, kind)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Move directory `new` to `path`. An earlier `path` is moved aside first and deleted only once
+    `new` is in place: deleting it first, an interrupt mid-delete lost both the old and the new."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+    os.replace(path, aside / path.name)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(aside / path.name, path)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside)
 
 
 def claim_output_dir(path: str | Path, kind: str) -> Path:
@@ -400,6 +427,39 @@ def portable_path(path: str | Path) -> str:
 
 PathArg = str | Path | None
 
+# What the first record of each of critstep's JSONL outputs carries: an existing file is replaced
+# only when it has these fields, i.e. when critstep (or a tool writing the same schema) wrote it.
+SELECTIONS_FILE = ("selections", ("critical_steps",))
+LABELS_FILE = ("labels", ("id", "n_steps"))
+SUGGESTIONS_FILE = ("suggestions", ("rank", "id", "score"))
+FAILURE_REPORT = ("a failure report", ("id", "reason"))
+SUPERVISED_DUMP = ("a supervised-text dump", ("id", "spans"))
+
+
+def check_replaceable_file(path: PathArg, kind: tuple[str, tuple[str, ...]], option: str = "--out") -> None:
+    """Refuse to replace an existing file that critstep did not write: it must be absent, empty, a
+    device or FIFO (written through), or hold `kind`'s records. Called before any work or API call."""
+    if path is None:
+        return
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+    except OSError:
+        return  # unreachable now: writing it will say why, in one line
+    what, fields = kind
+    from critstep.streams import open_text
+
+    try:
+        with open_text(path) as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError, EOFError, InputError):
+        first = None
+    if isinstance(first, dict) and all(k in first for k in fields):
+        return
+    raise OutputError(f"{option} exists and is not {what} written by critstep; critstep does not replace "
+                      "files it did not write: remove it or choose another path", path)
+
 
 def check_outputs_apart(
     inputs: dict[str, PathArg | Sequence[PathArg]], outputs: dict[str, PathArg], output_dirs: dict[str, PathArg] | None = None
@@ -449,6 +509,12 @@ def _same_file(a: Path, b: Path) -> bool:
     if ia is not None and ib is not None:
         return ia == ib
     return os.path.realpath(a) == os.path.realpath(b)
+
+
+def writes_through(path: str | Path | None) -> bool:
+    """Whether an output at `path` is a device, FIFO or socket (`/dev/stdout`, a pipe): written
+    through rather than replaced, and possibly the terminal, so status lines go to stderr."""
+    return path is not None and not _replaceable(Path(path))
 
 
 def _replaceable(path: Path) -> bool:

@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from critstep.errors import OutputError
 from critstep.formats import TrajectoryReader, render_record
-from critstep.io import claim_output_dir, write_jsonl
+from critstep.io import atomic_dir, check_outputs_apart, check_replaceable_dir, write_jsonl
 from critstep.selection import Selection
 from critstep.streams import is_data_file, shard_name, source_root
 from critstep.trajectory import Trajectory
@@ -58,13 +59,16 @@ def batches(trajectories: Iterable[Trajectory], size: int) -> Iterator[list[Traj
         yield batch
 
 
-def select_to(reader: TrajectoryReader, out: Path, select_batch: SelectBatch, batch_size: int | None) -> Totals:
+def select_to(reader: TrajectoryReader, out: Path, select_batch: SelectBatch, batch_size: int | None,
+              keep: Callable[[Trajectory], bool] | None = None) -> Totals:
     """Select every trajectory of `reader` and write them, with their selections, to `out`.
 
     `batch_size=None` hands the selector the whole input at once (selectors whose choice for one
-    trajectory depends on the others: the cascade's budget, the oracle's cost cap).
+    trajectory depends on the others: the cascade's budget, the oracle's cost cap). `keep`, asked
+    after its batch was selected, leaves a trajectory out of `out` (the oracle's unlabeled ones).
     """
     totals = Totals()
+    targets = shard_targets(reader, out) if is_directory_output(out) else None  # checked before any selecting
     if batch_size is None:
         everything = list(reader)
         selections = select_batch(everything)
@@ -77,18 +81,41 @@ def select_to(reader: TrajectoryReader, out: Path, select_batch: SelectBatch, ba
     def records(trajectories: Iterable[Trajectory]) -> Iterator[dict]:
         for batch, selections in chosen(trajectories):
             for t in batch:
+                if keep is not None and not keep(t):
+                    continue
                 selection = selections.get(t.id)
                 totals.add(t, selection)
                 yield render_record(t, selection)
 
-    if is_directory_output(out):
-        claim_output_dir(out, SHARDS_KIND)
-        root = source_root(reader.source)
-        for path, trajectories in shards:
-            target = out / shard_name(path, root)
-            write_jsonl(target, records(trajectories))
-            totals.outputs.append(target)
+    if targets is not None:
+        with atomic_dir(out, SHARDS_KIND) as tmp:  # whole: no shard of an earlier run stays beside the new ones
+            for path, trajectories in shards:
+                write_jsonl(tmp / targets[path], records(trajectories))
+                totals.outputs.append(out / targets[path])
     else:
         write_jsonl(out, (r for _, trajectories in shards for r in records(trajectories)))
         totals.outputs.append(out)
     return totals
+
+
+def shard_targets(reader: TrajectoryReader, out: Path) -> dict[Path, Path]:
+    """Each input file's output shard, relative to `out`; checked before any work.
+
+    Refused: an `out` critstep may not replace, an input inside `out` (the directory is replaced
+    whole: `select DIR --out DIR` on an earlier output), and two input shards whose names map to
+    one output shard (`a.json` and `a.jsonl`, or `a.parquet`, all become `a.jsonl`: the second
+    would replace the first).
+    """
+    check_replaceable_dir(out, SHARDS_KIND)
+    check_outputs_apart({"TRAJ": reader.files}, {}, {"--out": out})
+    root = source_root(reader.source)
+    targets: dict[Path, Path] = {}
+    writers: dict[Path, Path] = {}
+    for path in reader.files:
+        target = shard_name(path, root)
+        if target in writers:
+            raise OutputError(f"the input shards {writers[target]} and {path} would both be written to {out / target}: "
+                              "rename one, or give --out a .jsonl file", out)
+        writers[target] = path
+        targets[path] = target
+    return targets

@@ -118,13 +118,54 @@ def open_text(path: Path) -> Iterator[IO[str]]:
         if compression == ".gz":
             binary: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb")
         elif compression == ".zst":
-            binary = _zstd().ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+            binary = io.BufferedReader(_ZstdFrames(raw))
         else:
             binary = raw
         with io.TextIOWrapper(binary, encoding="utf-8-sig") as text:  # type: ignore[arg-type]
             yield text
     finally:
         raw.close()
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The Zstandard frames of a binary stream, decompressed; a file that ends inside a frame raises.
+
+    zstandard's own `stream_reader` reads a truncated file as if it had ended cleanly (a small
+    shard cut short reads as empty), so frames are decoded here one `decompressobj` at a time,
+    whose `eof` says whether the frame was complete. Compressed input goes in 1 KiB pieces: a zstd
+    block of up to 128 KiB takes at least 4 bytes, so one piece expands to at most 32 MiB, even on
+    a hostile file.
+    """
+
+    PIECE = 1 << 10
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self.zstd = _zstd()
+        self.frame: Any = None
+        self.pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.pending:
+            piece = self.raw.read(self.PIECE)
+            if not piece:
+                if self.frame is not None and not self.frame.eof:
+                    raise self.zstd.ZstdError("the file ends inside a frame")
+                return 0
+            out = []
+            while piece:
+                if self.frame is None or self.frame.eof:
+                    self.frame = self.zstd.ZstdDecompressor().decompressobj()
+                out.append(self.frame.decompress(piece))
+                piece = self.frame.unused_data if self.frame.eof else b""
+            self.pending = memoryview(b"".join(out))
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
 
 
 @contextmanager

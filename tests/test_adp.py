@@ -102,3 +102,17 @@ def test_select_writes_adp_in_kind(tmp_path: Path) -> None:
         record = json.loads(line)
         assert set(record) <= TRAJECTORY_KEYS and len(record["details"]["critical_steps"]) == 1
         assert record["content"] == RECORD["content"]
+
+
+def test_ids_follow_the_rule_of_every_other_format(tmp_path: Path) -> None:
+    """A list id stringified silently never matches the id a labels file gives (issue 15, item 11)."""
+    import pytest
+
+    from critstep.errors import InputError
+
+    path = tmp_path / "ids.jsonl"
+    path.write_text(json.dumps({**RECORD, "id": 7}) + "\n" + json.dumps({**RECORD, "id": ["a", "b"]}) + "\n")
+    with pytest.raises(InputError, match=r"ids\.jsonl:2: 'id' must be a non-empty string or an integer"):
+        read_trajectories(path)
+    path.write_text(json.dumps({**RECORD, "id": 7}) + "\n")
+    assert [t.id for t in read_trajectories(path)] == ["7"]

@@ -42,7 +42,8 @@ def test_clean_run_writes_labels_with_usage_and_a_summary(oracle_server, tmp_pat
     labels = read_labels(tmp_path / "labels.jsonl")
     assert sorted(labels) == [f"traj-{i}" for i in range(4)] and labels["traj-0"].steps == [0, 1, 2]
     rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
-    assert set(rows[0]) == {"id", "n_steps", "plan", "critical", "usage"} and rows[0]["usage"]["calls"] == 1
+    assert set(rows[0]) == {"id", "n_steps", "plan", "critical", "usage", "oracle"} and rows[0]["usage"]["calls"] == 1
+    assert rows[0]["oracle"] == {"model": "gpt-4o", "endpoint": oracle_server.url}  # the served model, found at /v1/models
     again = label(oracle_server, tmp_path)
     assert "0 API calls, 4 cache hits" in again.output and oracle_server.count() == 4
 
@@ -50,7 +51,7 @@ def test_clean_run_writes_labels_with_usage_and_a_summary(oracle_server, tmp_pat
 def test_failed_trajectories_are_recorded_with_their_reason(oracle_server, tmp_path):
     bad = Reply(content="no JSON here")
     oracle_server.queue(bad, bad)
-    result = label(oracle_server, tmp_path, "--concurrency", "1")
+    result = label(oracle_server, tmp_path, "--concurrency", "1", "--response-format", "json_schema")
     assert result.exit_code == 0 and "failed 1" in result.output
     rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
     failed = [r for r in rows if r.get("status") == "failed"]

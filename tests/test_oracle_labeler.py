@@ -78,14 +78,15 @@ def test_timeout_is_retried(oracle_server, tmp_path):
 def test_retries_spent_fail_the_trajectory_without_caching_it(oracle_server, tmp_path):
     oracle_server.queue(*[Reply(status=500)] * 3)
     run = labeler(oracle_server, tmp_path, max_retries=2, concurrency=1).label(trajectories(2, steps=4))
-    assert run.failed == {"traj-0": "HTTP 500, gave up after 3 attempts"} and list(run.labels) == ["traj-1"]
+    assert run.failed == {"traj-0": "HTTP 500: scripted HTTP 500; gave up after 3 attempts"} and list(run.labels) == ["traj-1"]
     rerun = labeler(oracle_server, tmp_path).label(trajectories(2, steps=4))
     assert not rerun.failed and rerun.cache_hits == 1 and rerun.calls == 1
 
 
 def test_malformed_json_gets_one_repair_request(oracle_server, tmp_path):
+    """With the format fixed (in `auto` a first answer that is not JSON means "format ignored": see test_oracle_servers)."""
     oracle_server.queue(Reply(content='{"plan": "p", "critical": [{"step": 1,'))
-    run = labeler(oracle_server, tmp_path).label(trajectories(1))
+    run = labeler(oracle_server, tmp_path, response_format="json_schema").label(trajectories(1))
     assert list(run.labels) == ["traj-0"] and oracle_server.count() == 2 and run.calls == 2
     repair = oracle_server.bodies()[1]["messages"]
     assert repair[-2]["role"] == "assistant" and "no valid JSON" in repair[-1]["content"]
@@ -103,7 +104,7 @@ def test_malformed_json_gets_one_repair_request(oracle_server, tmp_path):
 def test_invalid_answers_twice_are_recorded_as_failed(oracle_server, tmp_path, critical, reason):
     bad = Reply(answer={"plan": "p", "critical": critical})
     oracle_server.queue(bad, bad)
-    lab = labeler(oracle_server, tmp_path)
+    lab = labeler(oracle_server, tmp_path, response_format="json_schema")
     run = lab.label(trajectories(1))
     assert not run.labels and reason in run.failed["traj-0"] and "after one repair" in run.failed["traj-0"]
     assert oracle_server.count() == 2
@@ -196,8 +197,11 @@ def test_estimate_is_offline_and_skips_cached(oracle_server, tmp_path):
     lab = OracleLabeler(OracleConfig(cache_path=tmp_path / "c.jsonl"))  # no key, no server
     est = lab.estimate(trajectories(4))
     assert est.requests == 4 and est.prompt_tokens > 0 and est.cost_usd == pytest.approx(est.batch_cost_usd * 2)
-    labeler(oracle_server, tmp_path, cache_path=tmp_path / "c.jsonl", base_url=oracle_server.url).label(trajectories(1))
-    assert lab.__class__(OracleConfig(cache_path=tmp_path / "c.jsonl")).estimate(trajectories(4)).cached == 1
+    labeler(oracle_server, tmp_path, cache_path=tmp_path / "c.jsonl", model="gpt-4o").label(trajectories(1))
+    local = OracleConfig(cache_path=tmp_path / "c.jsonl", model="gpt-4o", base_url=oracle_server.url, api_key="k")
+    assert OracleLabeler(local).estimate(trajectories(4)).cached == 1
+    # The same model name at another endpoint (here OpenAI's) is another oracle: nothing cached for it.
+    assert OracleLabeler(OracleConfig(cache_path=tmp_path / "c.jsonl")).estimate(trajectories(4)).cached == 0
 
 
 def test_oracle_selector(oracle_server, tmp_path):

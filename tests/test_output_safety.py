@@ -105,3 +105,105 @@ def test_tune_refuses_an_unrelated_directory_before_loading_anything(tmp_path: P
         tune([], TuneConfig(model="does-not-matter"), tmp_path)
     assert (tmp_path / "README.md").read_text() == "my notes"
     assert (tmp_path / "tokenizer_config.json").read_text() == "{}"
+
+
+def test_atomic_dir_replaces_the_target_of_a_symlink_and_keeps_the_link(tmp_path: Path) -> None:
+    # `--out models/latest` pointing at an earlier model: rmtree refused the link with a traceback.
+    with atomic_dir(tmp_path / "v1", "model") as tmp:
+        (tmp / "weights").write_text("old")
+    (tmp_path / "latest").symlink_to("v1")
+    with atomic_dir(tmp_path / "latest", "model") as tmp:
+        (tmp / "weights").write_text("new")
+    assert (tmp_path / "latest").is_symlink() and (tmp_path / "v1" / "weights").read_text() == "new"
+
+
+def test_atomic_dir_interrupted_while_swapping_keeps_the_earlier_output(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    out = tmp_path / "out"
+    with atomic_dir(out, "model") as tmp:
+        (tmp / "weights").write_text("old")
+    real_replace = os.replace
+
+    def interrupted(src, dst):
+        if Path(src).name.startswith(".out.") and Path(dst) == out:  # the new directory moving in
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt), atomic_dir(out, "model") as tmp:
+        (tmp / "weights").write_text("new")
+    monkeypatch.undo()
+    assert (out / "weights").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary directory left behind
+
+
+def test_dev_stdout_on_a_pipe_is_written_through(tmp_path: Path) -> None:
+    """`--out /dev/stdout | ...`: the link resolves to "/proc/<pid>/fd/pipe:[n]", which is no path;
+    a temporary file beside it failed with "No such file or directory"."""
+    import subprocess
+    import sys
+
+    if not os.path.exists("/dev/stdout"):
+        pytest.skip("no /dev/stdout on this system")
+    code = "from critstep.io import write_jsonl; write_jsonl('/dev/stdout', [{'a': 1}, {'b': 2}])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [json.loads(line) for line in done.stdout.splitlines()] == [{"a": 1}, {"b": 2}]
+
+
+def test_select_to_stdout_keeps_its_summary_out_of_the_selections(tmp_path):
+    """`select --out /dev/stdout | ...`: the output is JSONL only, the summary line goes to stderr."""
+    import json
+    import subprocess
+    import sys
+
+    traj = tmp_path / "t.jsonl"
+    traj.write_text(json.dumps({"id": "a", "messages": [
+        {"role": "user", "content": "task"}, {"role": "assistant", "content": "go"},
+        {"role": "user", "content": "ok"}, {"role": "assistant", "content": "done"}]}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "critstep", "select", str(traj), "--selector", "random", "--out", "/dev/stdout"],
+                          capture_output=True, text=True, check=True)
+    assert [json.loads(line)["id"] for line in proc.stdout.splitlines()] == ["a"]
+    assert "random: selected" in proc.stderr
+
+
+def _one_trajectory(path: Path) -> Path:
+    path.write_text(json.dumps({"id": "a", "messages": [
+        {"role": "user", "content": "task"}, {"role": "assistant", "content": "go"},
+        {"role": "user", "content": "ok"}, {"role": "assistant", "content": "done"}]}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("theirs", ["my notes\n", '{"id": "x", "messages": []}\n'])
+def test_select_never_replaces_a_file_it_did_not_write(tmp_path: Path, theirs: str) -> None:
+    """A user's notes or own dataset at --out stays as it was; critstep's earlier selections are replaced."""
+    from click.testing import CliRunner
+
+    from critstep.cli import cli
+
+    traj = _one_trajectory(tmp_path / "t.jsonl")
+    target = tmp_path / "theirs.jsonl"
+    target.write_text(theirs)
+    result = CliRunner().invoke(cli, ["select", str(traj), "--selector", "random", "--out", str(target)])
+    assert result.exit_code == 1 and "does not replace files it did not write" in result.output
+    assert target.read_text() == theirs
+    ours = tmp_path / "sel.jsonl.gz"
+    for _ in range(2):  # the second run replaces the first's output
+        result = CliRunner().invoke(cli, ["select", str(traj), "--selector", "random", "--out", str(ours)])
+        assert result.exit_code == 0, result.output
+
+
+def test_label_refuses_a_file_it_did_not_write_before_any_request(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from critstep.cli import cli
+
+    traj = _one_trajectory(tmp_path / "t.jsonl")
+    target = tmp_path / "labels.jsonl"
+    target.write_text('{"note": "mine"}\n')
+    result = CliRunner().invoke(cli, ["label", str(traj), "--out", str(target), "--base-url", "http://127.0.0.1:9/v1",
+                                      "--model", "m", "--cache", str(tmp_path / "cache.jsonl")], env={"OPENAI_API_KEY": "sk-test"})
+    assert result.exit_code == 1 and "does not replace files it did not write" in result.output, result.output
+    assert target.read_text() == '{"note": "mine"}\n'

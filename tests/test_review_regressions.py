@@ -98,3 +98,14 @@ def test_compare_warns_when_the_model_saw_the_compared_trajectories():
     assert _trained_on(model, [t.id for t in trajectories[30:]]) is None
     warning = _trained_on(model, [t.id for t in trajectories[25:35]])
     assert warning is not None and "trained on 5 of the 10" in warning
+
+
+def test_a_truncated_feature_cache_entry_is_recomputed_not_a_traceback(tmp_path) -> None:
+    # A cut .npz is a zip without its directory: numpy raises BadZipFile, which is not an OSError.
+    from critstep.distill.features.cache import FeatureCache
+
+    cache = FeatureCache(tmp_path, "g")
+    cache.put("ab12", np.arange(1000.0))
+    entry = next((tmp_path / "g").rglob("*.npz"))
+    entry.write_bytes(entry.read_bytes()[:-40])
+    assert cache.get("ab12") is None

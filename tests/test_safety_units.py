@@ -149,3 +149,14 @@ def test_thread_settings_respect_the_user_and_a_loaded_torch(monkeypatch) -> Non
     assert runtime.configure_cpu_threads(env) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
     monkeypatch.setitem(sys.modules, "torch", object())  # torch loaded: OpenMP has read its settings
     assert runtime.configure_cpu_threads({}) == {}
+
+
+def test_a_config_named_as_results_files_record_it_resolves_from_any_directory(tmp_path: Path, monkeypatch) -> None:
+    # Reports record shipped configs as critstep/configs/<name> (portable_path): that name must work as --prices.
+    from critstep.configs import CONFIG_DIR, resolve_config
+    from critstep.io import portable_path
+
+    monkeypatch.chdir(tmp_path)
+    recorded = portable_path(CONFIG_DIR / "prices.yaml")
+    assert recorded == "critstep/configs/prices.yaml"
+    assert resolve_config(recorded) == CONFIG_DIR / "prices.yaml"

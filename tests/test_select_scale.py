@@ -114,3 +114,67 @@ def test_ray_engine_selects_the_corpus_exactly(shared: Path, tmp_path: Path) -> 
     plain, ray = (tmp_path / "plain.jsonl").read_bytes(), (tmp_path / "ray.jsonl").read_bytes()
     assert plain == ray
     assert sum(len(json.loads(line)["critical_steps"]) for line in plain.splitlines()) > 0
+
+
+def test_sharded_output_refuses_two_inputs_with_one_output_name(shared: Path, tmp_path: Path) -> None:
+    """`a.json` and `a.jsonl` both map to the output shard `a.jsonl`: the second would silently
+    replace the first (trajectories lost while the summary counts them)."""
+    lines = (shared / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:5]
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.jsonl").write_text("\n".join(lines[:3]) + "\n", encoding="utf-8")
+    (src / "a.json").write_text("[" + ",".join(lines[3:]) + "]", encoding="utf-8")
+    code, output = run("select", str(src), "--selector", "random", "--out", str(tmp_path / "sel"))
+    assert code == 1 and "would both be written to" in output and "a.json" in output, output
+    assert not (tmp_path / "sel").exists()
+
+
+def test_sharded_output_never_overwrites_its_input_shards(shards: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sel"
+    code, output = run("select", str(shards), "--selector", "random", "--out", str(out))
+    assert code == 0, output
+    before = read_dir(out)
+    code, output = run("select", str(out), "--selector", "random", "--seed", "3", "--out", str(out))
+    assert code == 1 and "lies in --out" in output, output
+    assert read_dir(out) == before
+
+
+def test_sharded_output_is_replaced_whole(shards: Path, tmp_path: Path) -> None:
+    """A rerun leaves no shard of the earlier run beside its own (`tune DIR` would read them all),
+    and a run that fails half-way leaves the earlier output as it was."""
+    from critstep.formats import TrajectoryReader
+    from critstep.sharded import select_to
+
+    out = tmp_path / "sel"
+    assert run("select", str(shards), "--selector", "random", "--out", str(out))[0] == 0
+    before = read_dir(out)
+
+    def fails_on_the_second_batch(batch, calls=[]):  # noqa: B006 (counts the calls)
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("interrupted")
+        return {}
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        select_to(TrajectoryReader(shards), out, fails_on_the_second_batch, 16)
+    assert read_dir(out) == before
+    code, output = run("select", str(shards), "--selector", "random", "--limit", "5", "--out", str(out))
+    assert code == 0, output
+    assert sorted(read_dir(out)) == ["part-0.jsonl"] and len(read_trajectories(out)) == 5
+
+
+def test_sharded_output_is_checked_before_any_selecting(shards: Path, tmp_path: Path) -> None:
+    """The oracle selects the whole input before writing: a refused --out must not come after it was paid for."""
+    from critstep.errors import OutputError
+    from critstep.formats import TrajectoryReader
+    from critstep.sharded import select_to
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+
+    def paid(batch):
+        raise AssertionError("selected before --out was checked")
+
+    with pytest.raises(OutputError, match="refusing"):
+        select_to(TrajectoryReader(shards), mine, paid, None)

@@ -161,3 +161,86 @@ def test_shard_names_are_stable_and_relative(shards: Path) -> None:
     files = expand_source(f"{shards}/*/part-*")
     root = source_root(f"{shards}/*/part-*")
     assert [str(shard_name(f, root)) for f in files] == ["a/part-0.jsonl", "a/part-1.jsonl.gz", "b/part-2.jsonl.zst", "b/part-3.jsonl"]
+
+
+def test_truncated_zstd_shard_is_an_error_not_an_empty_or_shorter_shard(corpus_lines: list[str], tmp_path: Path) -> None:
+    """zstandard's stream reader ends quietly at a cut frame: a small shard cut short read as empty."""
+    import zstandard
+
+    text = "".join(corpus_lines[:20]).encode()
+    whole = zstandard.ZstdCompressor().compress(text)
+    (tmp_path / "cut.jsonl.zst").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match=r"cut\.jsonl\.zst: damaged or truncated zstd file"):
+        read_trajectories(tmp_path / "cut.jsonl.zst")
+    # Several frames (as concatenated shards, or an empty frame between them) read as one stream.
+    (tmp_path / "frames.jsonl.zst").write_bytes(whole + zstandard.ZstdCompressor().compress(b"") +
+                                                zstandard.ZstdCompressor().compress("".join(corpus_lines[20:30]).encode()))
+    assert len(read_trajectories(tmp_path / "frames.jsonl.zst")) == 30
+
+
+def test_a_duplicate_id_in_a_pipe_is_reported_and_nothing_after_it_is_lost(corpus_lines: list[str], tmp_path: Path) -> None:
+    """Naming a duplicate's first place reads the input again: on a pipe (`zcat x.gz | critstep
+    select /dev/stdin`) that second reader took the rest of the input, which was silently lost."""
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    data = "".join(corpus_lines[:3] + corpus_lines[:1] + corpus_lines[3:])  # several MiB: the writer is still busy
+
+    def feed() -> None:
+        with open(fifo, "w", encoding="utf-8") as f:
+            f.write(data)
+
+    threading.Thread(target=feed, daemon=True).start()
+    problems: list[InputError] = []
+    assert len(list(TrajectoryReader(fifo, on_error=problems.append))) == CORPUS_COUNTS[0]
+    assert [str(p) for p in problems] == [f"{fifo}:4: duplicate trajectory id {json.loads(corpus_lines[0])['id']!r} (seen before in this input)"]
+
+
+def test_an_object_of_named_records_reads_from_a_pipe(corpus_lines: list[str], tmp_path: Path) -> None:
+    """Such an object (ReAct prompts, SwiftSage logs) was read a second time for line numbers:
+    from a pipe that second read was empty, and an IndexError traceback followed."""
+    import os
+    import threading
+
+    records = [json.loads(line) for line in corpus_lines[:3]]
+    fifo = tmp_path / "named.json"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "w", encoding="utf-8") as f:
+            json.dump({f"run-{i}": r for i, r in enumerate(records)}, f)
+
+    threading.Thread(target=feed, daemon=True).start()
+    read: list[list[str]] = []  # in a thread: the second open of the pipe waited for a writer forever
+    reader = threading.Thread(target=lambda: read.append([t.id for t in read_trajectories(fifo)]), daemon=True)
+    reader.start()
+    reader.join(timeout=60)
+    assert read == [[r["id"] for r in records]]
+
+
+def test_a_malformed_array_value_is_reported_without_reading_the_rest_into_memory(tmp_path: Path, monkeypatch) -> None:
+    from critstep import io
+
+    monkeypatch.setattr(io._Scanner, "CHUNK", 1 << 12)
+    rest = ",".join(json.dumps({"id": f"t{i}", "messages": [{"role": "assistant", "content": "x" * 200}]}) for i in range(20_000))
+    (tmp_path / "bad.json").write_text('[{"id": "a"},\n{"id": oops},\n' + rest + "]")  # ~5 MB after the error
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match=r"bad\.json:2: malformed JSON: Expecting value"):
+            list(iter_records(tmp_path / "bad.json"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, peak
+
+
+def test_top_level_numbers_and_literals_cut_by_a_chunk_boundary(tmp_path: Path, monkeypatch) -> None:
+    from critstep import io
+
+    values = [1e100, -12.5e-3, 123456789, True, None, "\u00e9 \U0001f600 \\", {"n": -0.5E+2}, 7]
+    (tmp_path / "v.json").write_text(json.dumps(values, indent=1), encoding="utf-8")
+    for chunk in range(1, 40):
+        monkeypatch.setattr(io._Scanner, "CHUNK", chunk)
+        assert [r.value for r in iter_records(tmp_path / "v.json")] == values, chunk

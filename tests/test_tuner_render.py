@@ -121,3 +121,66 @@ def test_template_that_rewrites_the_turn_prefix_is_an_error(tokenizer):
     )
     with pytest.raises(InputError, match="toy/0.*cannot be told apart"):
         render_trajectory(toy_trajectories(1)[0], [0], tokenizer, template)
+
+
+# Mistral-like (the system prompt moves to the last user turn, so the turn must be searched for in the
+# whole rendering), with assistant turns that end in a bare newline, nothing distinctive.
+REWRITING_TEMPLATE = (
+    "{%- set ns = namespace(last=-1) %}{%- for m in messages %}{%- if m.role == 'user' %}{%- set ns.last = loop.index0 %}"
+    "{%- endif %}{%- endfor %}"
+    "{%- for m in messages %}{%- if m.role == 'user' %}{{- '[INST] ' }}"
+    "{%- if loop.index0 == ns.last %}{{- messages[0].content + ' ' }}{%- endif %}{{- m.content + '[/INST]' }}"
+    "{%- elif m.role == 'assistant' %}{{- ' ' + m.content + '\n' }}{%- endif %}{%- endfor %}"
+)
+
+
+def test_an_observation_containing_the_turn_text_is_not_taken_for_the_turn(tokenizer):
+    t = Trajectory("echo", [
+        Message("system", "You are in a room."),
+        Message("user", "Task: look around, then stop."),
+        Message("assistant", "look"),
+        Message("user", "Nothing happens. You look around."),  # holds " look", the next turn's text
+        Message("assistant", "look"),
+        Message("user", "You see a door."),
+        Message("assistant", "stop"),
+    ])
+    rendered = render_trajectory(t, [1], tokenizer, REWRITING_TEMPLATE)
+    start, end = rendered.spans[1]
+    assert tokenizer.decode(rendered.input_ids[start:end]) == " look"
+    assert tokenizer.decode(rendered.input_ids[:start]).endswith("You look around.[/INST]")
+
+
+def _byte_tokenizer(cls=None):
+    from transformers import ByT5Tokenizer
+
+    tok = (cls or ByT5Tokenizer)()
+    tok.chat_template = load_tokenizer("smollm2-135m").chat_template
+    return tok
+
+
+def test_slow_tokenizer_without_offsets_gets_exact_spans():
+    tok = _byte_tokenizer()
+    assert not tok.is_fast
+    t = toy_trajectories(1)[0]
+    rendered = render_trajectory(t, [0, 1, 3], tok)
+    steps = [t.messages[i] for i in t.step_message_indices]
+    for k in (0, 3):
+        start, end = rendered.spans[k]
+        assert tok.decode(rendered.input_ids[start:end]) == steps[k].text() + "<|im_end|>"
+
+
+def test_slow_tokenizer_merging_across_a_step_boundary_is_one_clear_error():
+    from transformers import ByT5Tokenizer
+
+    class Words(ByT5Tokenizer):
+        """Slow, and merges a step's first character with the newline before it (as BPE merges do)."""
+
+        def _tokenize(self, text):
+            return [text[k : k + 2] if text[k] == "\n" and k + 1 < len(text) else text[k] for k in range(len(text))
+                    if k == 0 or text[k - 1] != "\n"]
+
+        def _convert_token_to_id(self, token):
+            return 3 + (sum(map(ord, token)) % 250)
+
+    with pytest.raises(InputError, match="slow \\(Python\\) tokenizer.*use a fast tokenizer"):
+        render_trajectory(toy_trajectories(1)[0], [0], _byte_tokenizer(Words))

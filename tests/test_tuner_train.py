@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from fixtures.tuner_support import save_tiny_llama, toy_trajectories, write_sele
 
 from critstep.errors import ConfigError, InputError
 from critstep.formats import write_trajectories
-from critstep.tuner import TuneConfig, merge_adapter, tune
+from critstep.tuner import TuneConfig, checkpoint, merge_adapter, tune
 from critstep.tuner import train as train_module
 from critstep.tuner.config import parse_override
 
@@ -46,6 +48,8 @@ def test_qlora_lowers_eval_loss_and_saves_a_peft_adapter_that_generates(tiny, se
     result = tune(selection, _config(tiny, max_steps=6), out, progress=False)
     assert result.steps == 6
     assert result.eval_loss_after < result.eval_loss_before
+    assert result.attention == "sdpa" and result.compute_dtype == "float32"  # what ran, also in tune_result.json
+    assert json.loads((out / "tune_result.json").read_text())["attention"] == "sdpa"
     assert result.stats["train"]["trajectories"] + result.stats["eval"]["trajectories"] == 12
     assert result.stats["eval"]["trajectories"] > 0
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "critstep_tune.yaml", "data_stats.json"):
@@ -65,24 +69,34 @@ def test_qlora_lowers_eval_loss_and_saves_a_peft_adapter_that_generates(tiny, se
     assert generated.shape[1] == prompt["input_ids"].shape[1] + 4
 
 
-def test_resume_continues_from_the_saved_step(tiny, selection, tmp_path, monkeypatch):
-    straight = tune(selection, _config(tiny, lora_dropout=0.1), tmp_path / "straight", progress=False)
+def _interrupted_run(selection, config, out, monkeypatch) -> None:
+    """A run stopped right after its first checkpoint (at step 2)."""
 
     class Interrupted(Exception):
         pass
 
-    real_save = train_module._save_checkpoint
+    real_save = checkpoint.save
 
-    def save_then_die(path, accelerator, model, optimizer, scheduler, step, eval_before):
-        real_save(path, accelerator, model, optimizer, scheduler, step, eval_before)
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
         raise Interrupted
 
-    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
     with pytest.raises(Interrupted):
-        tune(selection, _config(tiny, lora_dropout=0.1), tmp_path / "resumed", progress=False)
-    state = json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())
-    assert state["step"] == 2
-    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+        tune(selection, config, out, progress=False)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 2
+
+
+def test_resume_continues_from_the_saved_step(tiny, selection, tmp_path, monkeypatch):
+    straight = tune(selection, _config(tiny, lora_dropout=0.1), tmp_path / "straight", progress=False)
+    _interrupted_run(selection, _config(tiny, lora_dropout=0.1), tmp_path / "resumed", monkeypatch)
+    # the checkpoint holds the adapter, not the 4-bit base
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "resumed" / "checkpoint" / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    assert names and all("lora_" in k for k in names)
 
     steps_run = []
     real_micro = train_module._micro_batches
@@ -94,6 +108,39 @@ def test_resume_continues_from_the_saved_step(tiny, selection, tmp_path, monkeyp
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+
+
+def test_resume_of_a_different_run_is_refused_unless_forced(tiny, selection, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _interrupted_run(selection, _config(tiny), out, monkeypatch)
+    with pytest.raises(ConfigError, match=r"not resuming a different run: config differs in lr \(0.01 -> 0.02\).*--force-resume"):
+        tune(selection, _config(tiny, lr=0.02), out, progress=False)
+    other_data = write_selection(tmp_path / "other.jsonl", toy_trajectories(12), {f"toy/{i}": [1] for i in range(12)})
+    with pytest.raises(ConfigError, match="the data differs"):
+        tune(other_data, _config(tiny), out, progress=False)
+    # how often to save or evaluate is not part of the run's identity
+    steps_run = []
+    real_micro = train_module._micro_batches
+    monkeypatch.setattr(train_module, "_micro_batches", lambda step, *a: steps_run.append(step) or real_micro(step, *a))
+    tune(selection, _config(tiny, lr=0.02, save_every=3), out, progress=False, force_resume=True)
+    assert steps_run == [2, 3]
+
+
+def test_cli_refuses_a_mismatched_resume_in_one_line(tiny, selection, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from critstep.cli import cli
+
+    out = tmp_path / "run"
+    _interrupted_run(selection, _config(tiny), out, monkeypatch)
+    args = ["tune", str(selection), "--model", str(tiny), "--out", str(out), "--max-steps", "4", "--max-seq-len", "256",
+            "--set", "compute_dtype=float32", "--set", "lr=0.03", "--set", "eval_fraction=0.25", "--quiet"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert "not resuming a different run: config differs in lr (0.01 -> 0.03)" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_lora_and_full_modes_train(tiny, selection, tmp_path):
@@ -152,15 +199,36 @@ def test_config_yaml_overrides_and_errors(tmp_path):
         TuneConfig(mode="qlora4")
 
 
-@pytest.mark.parametrize("name", ["tune-smollm2-135m-cpu.yaml", "tune-llama3.1-8b-qlora.yaml", "tune-qwen2.5-7b-qlora.yaml"])
+@pytest.mark.parametrize("name", ["tune-smollm2-135m-cpu.yaml", "tune-llama3.1-8b-qlora.yaml", "tune-qwen2.5-7b-qlora.yaml",
+                                  "tune-llama3.1-70b-fsdp-qlora.yaml", "accelerate-fsdp-qlora.yaml"])
 def test_shipped_configs_load_and_start_with_their_command(name):
+    import yaml
+
     from critstep.configs import CONFIG_DIR
 
     path = CONFIG_DIR / name
     first = path.read_text().splitlines()[0]
     assert first.startswith("# critstep tune ") or first.startswith("# accelerate launch ")
     assert f"configs/{name}" in first
-    TuneConfig.from_yaml(path)
+    if name.startswith("accelerate-"):  # accelerate's own config: FSDP-QLoRA as peft documents it
+        fsdp = yaml.safe_load(path.read_text())["fsdp_config"]
+        assert (fsdp["fsdp_use_orig_params"], fsdp["fsdp_cpu_ram_efficient_loading"]) == (False, True)
+    else:
+        TuneConfig.from_yaml(path)
+
+
+def test_accelerate_finds_the_shipped_fsdp_config_from_any_directory(tmp_path):
+    import subprocess
+    import sys
+
+    from critstep.configs import CONFIG_DIR
+
+    run = subprocess.run([sys.executable, "-m", "critstep.configs", "configs/accelerate-fsdp-qlora.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert run.returncode == 0 and run.stdout.strip() == str(CONFIG_DIR / "accelerate-fsdp-qlora.yaml")
+    run = subprocess.run([sys.executable, "-m", "critstep.configs", "nope.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert run.returncode == 1 and "nope.yaml: no such file here" in run.stderr
 
 
 def test_qlora_gradients_are_the_same_after_an_eval_pass(tiny, selection):
@@ -203,3 +271,74 @@ def test_explicit_eval_set_replaces_the_split(tiny, tmp_path):
     assert result.stats["train"]["trajectories"] == 7
     assert result.stats["eval_ids"] == [t.id for t in trajectories[7:]]
     assert result.eval_loss_before is not None
+
+
+def test_trust_remote_code_needs_the_command_line_flag(tmp_path):
+    from click.testing import CliRunner
+
+    from critstep.cli import cli
+
+    selection = write_selection(tmp_path / "sel.jsonl", toy_trajectories(1))
+    config = tmp_path / "c.yaml"
+    config.write_text("model: smollm2-135m\ntrust_remote_code: true\n")
+    runner = CliRunner()
+    base = ["tune", str(selection), "--dump-supervised", str(tmp_path / "spans.jsonl")]
+    for extra in (["--config", str(config)], ["--set", "trust_remote_code=true"]):
+        result = runner.invoke(cli, [*base, *extra])
+        assert result.exit_code == 1, result.output
+        assert "--trust-remote-code" in result.output and len(result.output.strip().splitlines()) == 1
+        assert not (tmp_path / "spans.jsonl").exists()
+    result = runner.invoke(cli, [*base, "--config", str(config), "--trust-remote-code"])
+    assert result.exit_code == 0, result.output
+    assert "warning: --trust-remote-code: Python code from smollm2-135m will run on this machine" in result.output
+    with pytest.raises(ConfigError, match="not taken from a config file"):
+        TuneConfig.from_yaml(config)
+    assert TuneConfig.from_yaml(config, {"trust_remote_code": True}).trust_remote_code
+
+
+def test_attention_choice():
+    from critstep.tuner.modeling import choose_attention
+
+    def pick(requested, device, installed):
+        return choose_attention(requested, device, set(installed)).implementation
+
+    assert pick("auto", "cuda", ["flash_attn"]) == "flash_attention_2"
+    assert pick("auto", "cuda", ["flash_attn", "flash_attn_interface"]) == "flash_attention_3"
+    assert pick("auto", "cuda", ["kernels"]) == "kernels-community/flash-attn2"
+    assert pick("auto", "cuda", []) == "sdpa"
+    assert pick("auto", "cpu", ["flash_attn", "kernels"]) == "sdpa"
+    assert pick("eager", "cuda", ["flash_attn"]) == "eager"
+    assert "pip install flash-attn" in choose_attention("auto", "cuda", set()).reason
+
+
+def test_a_flash_path_that_fails_to_load_falls_back_to_sdpa(tiny, caplog):
+    import logging
+
+    from critstep.errors import ModelError
+    from critstep.tuner.modeling import AttentionChoice, attention_used, load_model
+
+    flash = AttentionChoice("flash_attention_2", "test")  # flash-attn is not installed here
+    with caplog.at_level(logging.WARNING):
+        model = load_model(_config(tiny, mode="lora"), torch.device("cpu"), flash)
+    assert attention_used(model) == "sdpa"
+    assert "flash_attention_2 failed to load" in caplog.text
+    with pytest.raises(ModelError, match="attn_implementation='flash_attention_2'"):  # asked for by name: an error
+        load_model(_config(tiny, mode="lora", attn_implementation="flash_attention_2"), torch.device("cpu"), flash)
+
+
+def test_cli_shows_progress_on_model_load_and_first_eval(tiny, selection, tmp_path, caplog):
+    import logging
+
+    from click.testing import CliRunner
+
+    from critstep.cli import cli
+
+    args = ["tune", str(selection), "--model", str(tiny), "--out", str(tmp_path / "run"), "--max-steps", "1",
+            "--max-seq-len", "256", "--set", "compute_dtype=float32", "--set", "eval_fraction=0.25"]
+    with caplog.at_level(logging.INFO, logger="critstep"):
+        result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    log = caplog.text
+    assert f"loading {tiny} (qlora, float32 compute, attention sdpa" in log
+    assert "model loaded in" in log and "attention: sdpa" in log
+    assert "eval before" in result.output  # the held-out pass before training has its own bar

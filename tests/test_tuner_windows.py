@@ -68,3 +68,26 @@ def test_step_longer_than_the_window_is_truncated_and_counted(caplog):
 
 def test_nothing_selected_gives_no_window():
     assert make_windows(_rendered(3, selected=[]), max_seq_len=64) == []
+
+
+def test_a_prompt_longer_than_half_the_window_is_kept_when_the_steps_fit_beside_it():
+    r = _rendered(12, prompt=40, context=6, step=4, selected=[2, 6, 11])  # prompt_end = 46 of a 64-token window
+    windows = make_windows(r, max_seq_len=64)
+    covered = [tok for w in windows for tok in _supervised(w)]
+    assert sorted(covered) == sorted(tok for k in r.selected for tok in range(*r.spans[k]))
+    for w in windows:
+        assert len(w) <= 64
+        assert w.input_ids[: r.prompt_end] == r.input_ids[: r.prompt_end]  # the task is at the head of every window
+
+
+def test_a_prompt_that_leaves_no_room_for_a_step_keeps_its_end_and_is_counted():
+    r = _rendered(12, prompt=50, context=6, step=10, selected=[2, 11])  # prompt_end 56; 56 + 10 > 64
+    windows = make_windows(r, max_seq_len=64)
+    cut = [w for w in windows if w.prompt_cut]
+    assert cut, "the prompt must not be dropped"
+    for w in cut:
+        assert len(w) <= 64
+        assert w.prompt_cut == 56 - 32
+        assert w.input_ids[:32] == r.input_ids[24:56]  # the prompt's last half-window: the task
+    covered = [tok for w in windows for tok in _supervised(w)]
+    assert sorted(covered) == sorted(tok for k in r.selected for tok in range(*r.spans[k]))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from critstep.commands._oracle_options import oracle_request_options
 from critstep.errors import ConfigError, InputError
 from critstep.formats import FORMATS
 
@@ -41,9 +42,10 @@ def _pairs(values: tuple[str, ...]) -> list[tuple[str, Path]]:
 @click.option("--oracle-labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Labels the oracle already gave (critstep label --out): the oracle's point, and the cascade's "
                    "answers, without new calls. Without it the cascade calls the live oracle (cache first).")
-@click.option("--oracle-model", default="gpt-4o", show_default=True, help="Oracle model, for prices and live calls.")
+@click.option("--oracle-model", default=None, help="Oracle model, for prices and live calls (default: gpt-4o at OpenAI; elsewhere the served model).")
 @click.option("--oracle-cache", type=click.Path(dir_okay=False, path_type=Path), help="Oracle cache file (default: the critstep cache).")
 @click.option("--base-url", help="OpenAI-compatible server for live oracle calls (default: OPENAI_BASE_URL, else OpenAI).")
+@oracle_request_options
 @click.option("--pred", "preds", multiple=True, metavar="NAME=FILE",
               help="Collect a selection made elsewhere (label file or trajectories written by critstep select); repeatable.")
 @click.option("--teacher-agreement", type=float, help="F1 between two teachers, drawn as a line (e.g. 0.86).")
@@ -65,9 +67,13 @@ def command(
     budgets: tuple[str, ...],
     uncertainty: str,
     oracle_labels: Path | None,
-    oracle_model: str,
+    oracle_model: str | None,
     oracle_cache: Path | None,
     base_url: str | None,
+    response_format: str,
+    timeout: float,
+    concurrency: int,
+    max_retries: int,
     preds: tuple[str, ...],
     teacher_agreement: float | None,
     ratio: float,
@@ -110,6 +116,7 @@ def command(
         oracle_model=oracle_model,
         oracle_cache=oracle_cache,
         base_url=base_url,
+        oracle_request={"response_format": response_format, "timeout": timeout, "concurrency": concurrency, "max_retries": max_retries},
         preds=_pairs(preds),
         teacher_agreement=teacher_agreement,
         ratio=ratio,

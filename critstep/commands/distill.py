@@ -55,13 +55,14 @@ def command(
     from critstep.distill.metrics import format_report
     from critstep.distill.train import train_distilled
     from critstep.formats import read_trajectories
-    from critstep.io import check_outputs_apart
+    from critstep.io import SUGGESTIONS_FILE, check_outputs_apart, check_replaceable_file
     from critstep.labels import read_labels
     from critstep.streams import expand_source
 
     if (suggest_n is None) != (out_suggest is None):
         raise ConfigError("--suggest N and --out-suggest FILE go together")
     check_outputs_apart({"TRAJ": expand_source(traj), "--labels": labels_path}, {"--out-suggest": out_suggest}, {"--out": out})
+    check_replaceable_file(out_suggest, SUGGESTIONS_FILE, "--out-suggest")
     trajectories = read_trajectories(traj, fmt)
     labels = read_labels(labels_path, trajectories)
     if limit is not None:

@@ -38,6 +38,9 @@ _OVERRIDES = ("mode", "max_steps", "max_seq_len", "epochs", "lr", "grad_accum", 
 @click.option("--eval", "eval_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Selection file to measure the eval loss on (e.g. held-out trajectories with teacher labels) instead of a split of SELECTED.")
 @click.option("--no-resume", is_flag=True, help="Start afresh even if OUT holds a checkpoint.")
+@click.option("--force-resume", is_flag=True, help="Resume OUT's checkpoint even if its config or data differ from this run's.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Let the model's repository run its own Python code (never taken from --config or --set).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(
     selected: str,
@@ -48,6 +51,8 @@ def command(
     dump_supervised: Path | None,
     eval_path: Path | None,
     no_resume: bool,
+    force_resume: bool,
+    trust_remote_code: bool,
     quiet: bool,
     **flags: object,
 ) -> None:
@@ -63,7 +68,7 @@ def command(
     critstep tune selected.jsonl --model smollm2-135m --dump-supervised spans.jsonl
     """
     from critstep.errors import ConfigError
-    from critstep.io import check_outputs_apart
+    from critstep.io import SUPERVISED_DUMP, check_outputs_apart, check_replaceable_file
     from critstep.streams import expand_source
     from critstep.tuner import TuneConfig, tune
     from critstep.tuner import dump_supervised as dump
@@ -71,11 +76,18 @@ def command(
 
     overrides = {key: flags[key] for key in _OVERRIDES}
     overrides.update(dict(parse_override(s) for s in sets))
+    if "trust_remote_code" in overrides:
+        raise ConfigError("--set trust_remote_code is refused: pass --trust-remote-code to let the model run its own code")
     if model is not None:
         overrides["model"] = model
+    if trust_remote_code:
+        overrides["trust_remote_code"] = True
     config = TuneConfig.from_yaml(config_path, overrides)
+    if config.trust_remote_code:
+        click.echo(f"warning: --trust-remote-code: Python code from {config.model} will run on this machine", err=True)
     if dump_supervised is not None:
         check_outputs_apart({"SELECTED": expand_source(selected), "--config": config_path, "--eval": eval_path}, {"--dump-supervised": dump_supervised})
+        check_replaceable_file(dump_supervised, SUPERVISED_DUMP, "--dump-supervised")
         n = dump(selected, config, dump_supervised)
         click.echo(f"wrote the supervised spans of {n} trajectories to {dump_supervised}")
         return
@@ -83,17 +95,24 @@ def command(
         raise ConfigError("--out DIR is required for training")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("critstep").setLevel(logging.INFO)  # e.g. "resuming from step N"
-    result = tune(selected, config, out_dir, resume=not no_resume, progress=not quiet, eval_source=eval_path)
+    result = tune(selected, config, out_dir, resume=not no_resume, progress=not quiet, eval_source=eval_path,
+                  force_resume=force_resume)
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch / torchrun only the main process reports
         return
     train = result.stats["train"]
     click.echo(
         f"trained {result.steps} steps on {train['trajectories']} trajectories "
         f"({train['selected_steps']} selected steps, {train['supervised_tokens']:,} supervised of {train['window_tokens']:,} tokens; "
-        f"{train['windows']} windows, {train['context_tokens_cut']:,} context tokens cut, {train['truncated_steps']} steps truncated)"
+        f"{train['windows']} windows, {train['context_tokens_cut']:,} context tokens cut, {train['truncated_steps']} steps truncated"
+        f"{_prompts_cut(train)})"
     )
     click.echo(f"eval loss on held-out selected steps: {_fmt(result.eval_loss_before)} -> {_fmt(result.eval_loss_after)}")
     click.echo(f"adapter: {result.adapter_dir}")
+
+
+def _prompts_cut(train: dict) -> str:
+    n = train.get("windows_with_prompt_cut", 0)
+    return f", {n} windows with only the end of a prompt longer than half of max_seq_len" if n else ""
 
 
 def _fmt(loss: float | None) -> str:

@@ -22,6 +22,7 @@ from critstep.io import check_outputs_apart, claim_output_dir, portable_path
 from critstep.labels import TrajectoryLabels, read_labels, selections_from_labels
 from critstep.selection import Selection
 from critstep.selector.cascade import Budget
+from critstep.selector.oracle.endpoint import DEFAULT_OPENAI_MODEL
 from critstep.trajectory import Trajectory
 
 REPORT_FILES = ("report.json", "report.md", "cost_vs_f1.png")
@@ -34,8 +35,9 @@ class CompareOptions:
     budgets: list[Budget] = field(default_factory=list)
     uncertainty: str = "disagreement"
     oracle_labels: Path | None = None
-    oracle_model: str = "gpt-4o"
+    oracle_model: str | None = None  # None: gpt-4o at OpenAI, else the served model
     oracle_cache: Path | None = None
+    oracle_request: dict[str, Any] = field(default_factory=dict)  # response_format, timeout, concurrency, max_retries
     base_url: str | None = None
     preds: list[tuple[str, Path]] = field(default_factory=list)
     teacher_agreement: float | None = None
@@ -80,7 +82,8 @@ def run_compare(
     compute = load_compute_prices(options.compute_prices)
     price_table = load_prices(options.prices)
     oracle_config = OracleConfig(
-        model=options.oracle_model, ratio=options.ratio, cache_path=options.oracle_cache, base_url=options.base_url, prices_path=options.prices
+        model=options.oracle_model, ratio=options.ratio, cache_path=options.oracle_cache, base_url=options.base_url, prices_path=options.prices,
+        **options.oracle_request,
     )
     pricer = LabelPricer(oracle_config, price_table)
 
@@ -157,7 +160,7 @@ class LabelPricer:
         if isinstance(usage, dict) and isinstance(usage.get("cost_usd"), (int, float)):
             return float(usage["cost_usd"])
         if isinstance(usage, dict) and "prompt_tokens" in usage:
-            model = str(usage.get("model") or self.config.model)
+            model = str(usage.get("model") or self.config.model or DEFAULT_OPENAI_MODEL)
             return self.table.cost(model, int(usage["prompt_tokens"]), int(usage.get("completion_tokens", 0)), bool(usage.get("batch", False)))
         self.estimated += 1
         return self.estimate(trajectory)

@@ -21,11 +21,13 @@ def shipped_configs() -> list[str]:
 
 def resolve_config(path: str | Path) -> Path:
     """`path` if it exists from the current directory, else the shipped config it names
-    (`prices.yaml`, or `configs/prices.yaml` as the README writes it)."""
+    (`prices.yaml`, `configs/prices.yaml` as the README writes it, or `critstep/configs/prices.yaml`
+    as results files record it)."""
     path = Path(path)
     if path.exists() or path.is_absolute():
         return path
-    inner = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    parts = path.parts[1:] if path.parts[:2] == ("critstep", "configs") else path.parts
+    inner = parts[1:] if parts[:1] == ("configs",) else parts
     shipped = CONFIG_DIR.joinpath(*inner)
     if inner and shipped.is_file():
         return shipped

@@ -94,10 +94,9 @@ class TrajectoryReader:
             if self.done:
                 return
             if not self.ids.add(traj.id):
-                first = self._first_location(traj)
-                if first is not None:
-                    where = f"line {first[1]}" if first[0] == str(path) else f"{first[0]}:{first[1]}"
-                    error = InputError(f"duplicate trajectory id {traj.id!r} (first on {where})", path, traj.origin.line if traj.origin else None)
+                where = self._first_location(traj)
+                if where is not None:
+                    error = InputError(f"duplicate trajectory id {traj.id!r} ({where})", path, traj.origin.line if traj.origin else None)
                     if self.on_error is None:
                         raise error
                     self.on_error(error)
@@ -105,17 +104,24 @@ class TrajectoryReader:
             self.count += 1
             yield traj
 
-    def _first_location(self, duplicate: Trajectory) -> tuple[str, int] | None:
+    def _first_location(self, duplicate: Trajectory) -> str | None:
         """Where an id seen before first occurred (the input is read again up to here: duplicates
-        are rare, and this keeps memory at one hash per id); None for a hash collision."""
+        are rare, and this keeps memory at one hash per id); None for a hash collision.
+
+        A pipe (`/dev/stdin`) cannot be read again (a second reader would take the rest of the
+        input away from the first), so there the duplicate is reported without its first place.
+        """
         assert duplicate.origin is not None
+        if not all(path.is_file() for path in self.files[: self.files.index(Path(duplicate.origin.path)) + 1]):
+            return "seen before in this input"
         for path in self.files:
             for traj in iter_file(path, self.format, lambda e: None):
                 assert traj.origin is not None
                 if (traj.origin.path, traj.origin.line) == (duplicate.origin.path, duplicate.origin.line):
                     return None
                 if traj.id == duplicate.id:
-                    return traj.origin.path, traj.origin.line
+                    same_file = traj.origin.path == duplicate.origin.path
+                    return f"first on line {traj.origin.line}" if same_file else f"first on {traj.origin.path}:{traj.origin.line}"
         return None
 
 
@@ -143,7 +149,8 @@ class IdRegistry:
         self._recent.add(key)
         if len(self._recent) >= self.RECENT:
             recent = np.fromiter(self._recent, dtype=np.uint64, count=len(self._recent))
-            self._sorted = np.sort(np.concatenate([self._sorted, recent]))
+            # two sorted runs: a stable sort merges them in linear time, quicksort would re-sort all
+            self._sorted = np.sort(np.concatenate([self._sorted, np.sort(recent)]), kind="stable")
             self._recent.clear()
         return True
 
@@ -182,7 +189,10 @@ def _records(path: str | Path, format: str | None, on_error: ErrorHandler | None
         if fmt is None or not READERS[fmt].matches(only):
             values = list(only.values())
             if values and all(detect_format(v) for v in values):
-                yield from expand_object(path)
+                if Path(path).is_file():
+                    yield from expand_object(path)  # read again, for each entry's own line number
+                else:  # a pipe cannot be read again: each entry gets the object's line
+                    yield from (Record(v, head[0].line, k) for k, v in only.items())
                 return
     yield from head
     yield from records

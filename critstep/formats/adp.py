@@ -26,7 +26,7 @@ from typing import Any
 
 from critstep.errors import ConfigError, InputError
 from critstep.formats.sharegpt import mark_acknowledgement
-from critstep.trajectory import Message, Origin, Trajectory
+from critstep.trajectory import Message, Origin, Trajectory, record_id
 
 SCHEMA_VERSION = "1.5.0"  # the version written for trajectories that were not read from ADP
 ACTIONS = ("message_action", "api_action", "code_action")
@@ -50,7 +50,7 @@ def parse(value: dict[str, Any], origin: Origin, fallback_id: str) -> Trajectory
         raise InputError("details is not an object", origin.path, origin.line)
     metadata = {k: value[k] for k in _TOP_LEVEL if k in value}
     metadata.update(details)
-    return Trajectory(id=str(value.get("id") or fallback_id), messages=messages, metadata=metadata,
+    return Trajectory(id=record_id(value.get("id"), origin, fallback_id), messages=messages, metadata=metadata,
                       origin=Origin("adp", origin.path, origin.line, messages_key="content"))
 
 

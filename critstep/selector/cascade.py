@@ -278,6 +278,8 @@ def route(
         left_usd = None if budget.usd is None else budget.usd - run.cost_usd
         left_calls = None if max_calls is None else max_calls - (len(run.answered) + len(run.failed))
         result = oracle.label(pending, max_cost=left_usd, max_calls=left_calls)
+        if getattr(result, "interrupted", False):
+            raise KeyboardInterrupt  # Ctrl-C: what the oracle answered is in its cache
         run.requests += int(result.calls)
         run.cost_usd += float(result.cost_usd)
         for t in pending:

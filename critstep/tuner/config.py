@@ -44,10 +44,10 @@ class TuneConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: list[str] | str = "all-linear"  # peft's all-linear leaves the LM head out
-    compute_dtype: str = "auto"  # auto: bfloat16 where the GPU (or the CPU: AVX512-BF16) supports it, else float32
+    compute_dtype: str = "auto"  # auto: bfloat16 on a GPU that has it (float16 on older ones); on a CPU, see modeling.py
     double_quant: bool = True
     gradient_checkpointing: bool = True
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "auto"  # auto: flash-attention's varlen kernels on CUDA when installed, else sdpa
     eval_every: int = 0  # optimizer steps between eval-loss measurements; 0 = only before and after
     save_every: int = 50  # optimizer steps between resumable checkpoints
     log_every: int = 1
@@ -99,7 +99,14 @@ class TuneConfig:
             if loaded is not None and not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: expected a mapping of config keys, got {type(loaded).__name__}")
             values.update(loaded or {})
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if values.get("trust_remote_code") and overrides.get("trust_remote_code") is not True:
+            raise ConfigError(
+                f"{path}: trust_remote_code: true is not taken from a config file (it runs the model repository's "
+                "own Python code): pass --trust-remote-code on the command line (in Python: "
+                "overrides={'trust_remote_code': True})"
+            )
+        values.update(overrides)
         return cls.from_dict(values, str(path or "<overrides>"))
 
     def to_dict(self) -> dict[str, Any]:

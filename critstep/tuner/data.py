@@ -38,6 +38,7 @@ class DataStats:
     windowed_trajectories: int = 0  # trajectories that needed more than one window or a cut
     context_tokens_cut: int = 0  # summed over windows: tokens between a window's kept prompt and its start
     truncated_steps: int = 0
+    windows_with_prompt_cut: int = 0  # windows that keep only the end of a prompt longer than half the window
 
     def add(self, rendered: RenderedTrajectory, windows: Sequence[Window]) -> None:
         self.trajectories += 1
@@ -49,6 +50,7 @@ class DataStats:
         self.supervised_tokens += sum(w.n_supervised for w in windows)
         self.context_tokens_cut += sum(w.context_cut for w in windows)
         self.truncated_steps += sum(w.truncated_steps for w in windows)
+        self.windows_with_prompt_cut += sum(1 for w in windows if w.prompt_cut)
         if len(windows) > 1 or any(w.context_cut or w.truncated_steps for w in windows):
             self.windowed_trajectories += 1
 
@@ -127,6 +129,10 @@ def build_windows(
         windows.extend(ws)
     if stats.skipped_no_selected_steps:
         log.warning("%d trajectories have no selected step and carry no loss; skipped", stats.skipped_no_selected_steps)
+    if stats.windows_with_prompt_cut:
+        log.warning("%d windows keep only the last %d tokens of their prompt (system prompt + task), which with a step "
+                    "does not fit in max_seq_len %d: raise max_seq_len to keep whole prompts",
+                    stats.windows_with_prompt_cut, max_seq_len // 2, max_seq_len)
     return windows, stats
 
 

@@ -1,9 +1,9 @@
 """The loss on supervised positions only: the LM head runs where a target exists, nowhere else.
 
 With ~30% of steps selected and vocabularies of 100k+ tokens, full-sequence logits are most of a
-step's activation memory. transformers' `logits_to_keep` accepts a boolean mask, so the model's own
-forward (hence DDP/FSDP wrappers, PEFT, logit soft-capping) applies the head to the gathered hidden
-states of the supervised positions only.
+step's activation memory. transformers' `logits_to_keep` accepts a boolean mask (from 5.21: hence the
+floor in pyproject.toml), so the model's own forward (hence DDP/FSDP wrappers, PEFT, logit
+soft-capping) applies the head to the gathered hidden states of the supervised positions only.
 """
 
 from __future__ import annotations

@@ -6,10 +6,15 @@ template writes them, and the end-of-turn token. It is found on characters, then
 1. For step message i, the template renders `messages[:i]` with the generation prompt and
    `messages[:i+1]` without it; the text the second adds to the first is the turn.
 2. Where the full rendering starts with `messages[:i+1]`'s rendering (ChatML, Llama 3) the turn's
-   offset is known exactly; templates that rewrite earlier text as the chat grows (Mistral moves the
-   system prompt to the last user turn) are handled by finding the turn text after the previous one.
+   offset is known exactly. Templates that rewrite earlier text as the chat grows (Mistral moves the
+   system prompt to the last user turn) need the turn found in the full text: of its occurrences
+   after the previous turn, the one that holds the first character where the full rendering changes
+   when message i alone is changed. An observation that happens to contain the turn's text is never
+   taken for it; a turn that cannot be pinned down this way is an error, not a guess.
 3. The full text is tokenized once with offsets; a token belongs to the span if it overlaps it, so
    every character of the turn is supervised however the tokenizer merges across the boundary.
+   Slow (Python) tokenizers give no offsets: the span boundaries are then found by tokenizing the
+   text up to each boundary, which must give a prefix of the full tokenization (else an error).
 """
 
 from __future__ import annotations
@@ -125,23 +130,77 @@ def render_trajectory(
         if full.startswith(upto[: common + len(turn)]) and common >= cursor:
             start = common
         else:
-            start = full.find(turn, cursor)
-            if start < 0:
+            changed = _first_difference(full, render(_with_changed_message(messages, i), False))
+            found = [s for s in _occurrences(full, turn, cursor) if s <= changed < s + len(turn)]
+            if len(found) != 1:
                 raise InputError(
                     f"trajectory {trajectory.id!r}: the chat template renders message {i} differently in the whole "
-                    "conversation than on its own, so its tokens cannot be located",
+                    "conversation than on its own, so its tokens cannot be located; pass --chat-template with a "
+                    "template that renders each turn the same way",
                     where,
                     line,
                 )
+            start = found[0]
         char_spans.append((start, start + len(turn)))
         cursor = start + len(turn)
 
     encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(encoding["input_ids"])
-    offsets: list[tuple[int, int]] = [tuple(o) for o in encoding["offset_mapping"]]
-    spans = [_token_span(offsets, s, e) for s, e in char_spans]
+    if "offset_mapping" in encoding:
+        offsets: list[tuple[int, int]] = [tuple(o) for o in encoding["offset_mapping"]]
+        spans = [_token_span(offsets, s, e) for s, e in char_spans]
+    else:  # a slow (Python) tokenizer: no offsets
+        spans = [_token_span_by_prefix(tokenizer, full, ids, s, e, trajectory.id, where, line) for s, e in char_spans]
     prompt_end = spans[0][0] if spans else len(ids)
     return RenderedTrajectory(trajectory.id, ids, spans, sorted(selected), prompt_end)
+
+
+_MARK = "\u2063critstep\u2063"  # invisible separator: survives `trim`, unlikely in any template logic
+
+
+def _with_changed_message(messages: list[dict[str, Any]], i: int) -> list[dict[str, Any]]:
+    """`messages` with message i's text (content, or its tool calls' names) changed, everything else equal."""
+    changed = dict(messages[i])
+    if changed.get("content"):
+        changed["content"] = _MARK + str(changed["content"])  # at the start: a turn's end may be stripped
+    elif changed.get("tool_calls"):
+        changed["tool_calls"] = [{**c, "function": {**c["function"], "name": _MARK + str(c["function"].get("name"))}}
+                                 for c in changed["tool_calls"]]
+    else:
+        changed["content"] = _MARK
+    return [*messages[:i], changed, *messages[i + 1 :]]
+
+
+def _first_difference(a: str, b: str) -> int:
+    return next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def _occurrences(text: str, part: str, start: int) -> list[int]:
+    found = []
+    k = text.find(part, start)
+    while k >= 0:
+        found.append(k)
+        k = text.find(part, k + 1)
+    return found
+
+
+def _token_span_by_prefix(tokenizer: Any, text: str, ids: list[int], start: int, end: int, trajectory_id: str,
+                          where: Any, line: int | None) -> tuple[int, int]:
+    """The tokens of characters [start, end) for a tokenizer without offsets: tokenize up to each boundary."""
+    bounds = []
+    for boundary in (start, end):
+        prefix = list(tokenizer(text[:boundary], add_special_tokens=False)["input_ids"])
+        if ids[: len(prefix)] != prefix:
+            raise InputError(
+                f"trajectory {trajectory_id!r}: this slow (Python) tokenizer gives no character offsets and merges "
+                "tokens across a step's boundary, so the step's tokens cannot be located; use a fast tokenizer "
+                "(a model directory with tokenizer.json, or `pip install tokenizers sentencepiece` so transformers "
+                "can convert it)",
+                where,
+                line,
+            )
+        bounds.append(len(prefix))
+    return bounds[0], bounds[1]
 
 
 def _token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:

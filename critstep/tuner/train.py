@@ -1,20 +1,19 @@
 """The tuning recipe: data -> model -> loop -> adapter, readable top to bottom (torchtune-style).
 
-Resumable: a checkpoint (trainable weights, optimizer, scheduler, RNG, step) is written atomically
-every `save_every` steps and at the end; `tune` continues from it when one exists in `out_dir`.
-The micro-batch order is a pure function of (seed, step), so a resumed run sees exactly the data
-the interrupted one would have seen. Under `accelerate launch` every process takes its own share of
-each step's micro-batches and only the main process writes.
+Mixed precision is accelerate's: trainable weights in fp32, forward and backward under autocast in
+the compute dtype (see modeling.py). Under `accelerate launch` every process takes its own share of
+each step's micro-batches; the supervised-token count is summed over processes before the loss is
+normalised, so every token weighs the same whichever process holds it, and only the main process
+writes. Resumable: accelerate's state (trainable weights, optimizer, scheduler, each process's RNG)
+is saved every `save_every` steps and at the end with a fingerprint of the config and data
+(checkpoint.py); `tune` continues from it when it matches. The micro-batch order is a pure function
+of (seed, step), so a resumed run sees exactly the data the interrupted one would have seen.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -23,13 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from critstep.errors import InputError
-from critstep.io import atomic_write, claim_output_dir, portable_path, write_json, write_jsonl
+from critstep.io import atomic_write, check_replaceable_dir, claim_output_dir, portable_path, write_json, write_jsonl
 from critstep.models import CAUSAL_LMS, causal_lm_path, load_tokenizer
 from critstep.trajectory import Trajectory
+from critstep.tuner import checkpoint
 from critstep.tuner.config import TuneConfig
 from critstep.tuner.data import build_windows, load_selection, render_all, split, supervised_texts
 from critstep.tuner.loss import supervised_loss
-from critstep.tuner.modeling import load_model, make_optimizer, make_scheduler
+from critstep.tuner.modeling import (
+    attention_used,
+    choose_attention,
+    compute_dtype,
+    load_model,
+    make_optimizer,
+    make_scheduler,
+    mixed_precision,
+    prepare_fsdp,
+)
 from critstep.tuner.packing import collate, pack
 from critstep.tuner.render import load_chat_template
 from critstep.tuner.windows import Window
@@ -39,6 +48,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "critstep_tune.yaml"
 STATS_FILE = "data_stats.json"
 RESULT_FILE = "tune_result.json"
+LOG_FILE = "train_log.jsonl"
 CHECKPOINT_DIR = "checkpoint"
 
 
@@ -53,6 +63,9 @@ class TuneResult:
     train_loss: float | None
     train_tokens_per_s: float | None
     stats: dict[str, Any] = field(default_factory=dict)
+    attention: str = ""  # the attention implementation that ran
+    compute_dtype: str = ""
+    processes: int = 1
 
     @property
     def adapter_dir(self) -> Path:
@@ -66,8 +79,27 @@ class TuneResult:
             "eval_loss_after": self.eval_loss_after,
             "train_loss": self.train_loss,
             "train_tokens_per_s": self.train_tokens_per_s,
+            "attention": self.attention,
+            "compute_dtype": self.compute_dtype,
+            "processes": self.processes,
             "stats": self.stats,
         }
+
+
+def make_accelerator(config: TuneConfig) -> tuple[Any, Any]:
+    """(accelerator, compute dtype) for a run of `config`: mixed precision in the compute dtype."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    on_cuda = torch.cuda.is_available()
+    dtype = compute_dtype(config, "cuda" if on_cuda else "cpu")
+    # AcceleratorState is a process-wide singleton that fixes mixed precision at first use; every
+    # tune() call sets its own, as transformers' TrainingArguments does (the process group stays).
+    AcceleratorState._reset_state()
+    # The scheduler steps once per optimizer step (accelerate's default steps it once per process).
+    accelerator = Accelerator(cpu=not on_cuda, mixed_precision=mixed_precision(dtype), step_scheduler_with_optimizer=False)
+    return accelerator, dtype
 
 
 def tune(
@@ -77,21 +109,27 @@ def tune(
     resume: bool = True,
     progress: bool = True,
     eval_source: str | Path | Sequence[Trajectory] | None = None,
+    force_resume: bool = False,
 ) -> TuneResult:
     """Finetune `config.model` on the selected steps of `source` (a selection file or trajectories).
 
     The eval loss is measured on `eval_source`'s selected steps when given (e.g. held-out
     trajectories with the teacher's critical steps), else on a stable hash split of `source`.
+    A checkpoint in `out_dir` from a run with another config or data is refused unless `force_resume`.
     """
     import torch
-    from accelerate import Accelerator
+    from accelerate import DistributedType
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator, dtype = make_accelerator(config)
+    # never write into a directory of someone else's files; every process checks (read only), so a
+    # refusal stops them all instead of leaving the others waiting at their first synchronisation
+    check_replaceable_dir(out, "tune")
     if accelerator.is_main_process:
-        claim_output_dir(out, "tune")  # never write into a directory of someone else's files
+        claim_output_dir(out, "tune")
     device = accelerator.device
+    show = progress and accelerator.is_main_process
     torch.manual_seed(config.seed)
 
     # --- data -------------------------------------------------------------------------------
@@ -103,6 +141,7 @@ def tune(
         train_t, eval_t = split(load_selection(source), config.eval_fraction, config.seed, config.eval_max)
     else:
         train_t, eval_t = load_selection(source), load_selection(eval_source)
+    _stage(show, f"rendering {len(train_t)} training and {len(eval_t)} held-out trajectories")
     train_w, train_stats = build_windows(train_t, tokenizer, template, config.max_seq_len, config.keep_prompt)
     eval_w, eval_stats = build_windows(eval_t, tokenizer, template, config.max_seq_len, config.keep_prompt)
     if not train_w:
@@ -114,49 +153,80 @@ def tune(
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * len(groups) / per_step))
     stats = {"train": train_stats.to_dict(), "eval": eval_stats.to_dict(), "micro_batches_per_epoch": len(groups),
              "optimizer_steps": total_steps, "eval_ids": [t.id for t in eval_t]}
+    run = checkpoint.fingerprint(config, checkpoint.data_hash(train_w, eval_w), accelerator.num_processes)
+    saved = checkpoint.read_state(out / CHECKPOINT_DIR) if resume else None
+    if saved:
+        checkpoint.check_resume(out / CHECKPOINT_DIR, saved, run, force_resume)  # before the slow model load
 
     # --- model ------------------------------------------------------------------------------
-    model = load_model(config, device)
+    attention = choose_attention(config.attn_implementation, device.type)
+    _stage(show, f"loading {config.model} ({config.mode}, {str(dtype).removeprefix('torch.')} compute, "
+                 f"attention {attention.implementation}: {attention.reason})")
+    loading = time.perf_counter()
+    model = load_model(config, device, attention)
+    attention_ran = attention_used(model)
+    if accelerator.is_main_process:  # in the run log even with progress off
+        log.info("model loaded in %.1f s; attention: %s", time.perf_counter() - loading, attention_ran)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        prepare_fsdp(model, accelerator)
+    # The model is wrapped (DDP, FSDP's flat shards) before the optimizer takes its parameters.
+    model = accelerator.prepare(model)
     optimizer = make_optimizer(model, config, device.type == "cuda")
     scheduler = make_scheduler(optimizer, total_steps, config.warmup_ratio)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    checkpoint.register_hooks(accelerator)
 
-    state = _load_checkpoint(out / CHECKPOINT_DIR, accelerator.unwrap_model(model), optimizer, scheduler) if resume else None
-    start = state["step"] if state else 0
-    if state:
+    start = 0
+    if saved:
+        checkpoint.load(out / CHECKPOINT_DIR, accelerator)
+        start = saved["step"]
         log.info("resuming from step %d of %d", start, total_steps)
-    eval_before = state["eval_loss_before"] if state else evaluate_loss(model, eval_w, config.batch_tokens, device)
+    eval_before = saved["eval_loss_before"] if saved else evaluate_loss(model, eval_w, config.batch_tokens, device,
+                                                                        progress=show, desc="eval before")
+    history = _read_log(out / LOG_FILE, start) if saved else []
+
+    def save(step: int) -> None:
+        if accelerator.is_main_process:  # first: a resume keeps the records up to its checkpoint's step
+            write_jsonl(out / LOG_FILE, history)
+        checkpoint.save(out / CHECKPOINT_DIR, accelerator, {"step": step, "eval_loss_before": eval_before, **run})
 
     # --- loop -------------------------------------------------------------------------------
     writer = _tensorboard(out / "runs") if accelerator.is_main_process else None
-    if writer and eval_before is not None and not state:
+    if writer and eval_before is not None and not saved:
         writer.add_scalar("eval/loss", eval_before, 0)
-    bar = tqdm(total=total_steps, initial=start, desc="tune", disable=not (progress and accelerator.is_main_process))
+    bar = tqdm(total=total_steps, initial=start, desc="tune", disable=not show)
     train_loss = None
     tokens_seen, started = 0, time.perf_counter()
     model.train()
     for step in range(start, total_steps):
         micro = [collate(groups[g]).to(device) for g in _micro_batches(step, len(groups), config, accelerator)]
-        norm = sum(b.n_supervised for b in micro)
-        step_loss = 0.0
+        # Normalise by the supervised tokens of the whole step on every process. DDP averages the
+        # processes' gradients, hence the factor num_processes: the update is the mean over tokens.
+        counts = torch.tensor([float(sum(b.n_supervised for b in micro)), float(sum(b.n_tokens for b in micro))], device=device)
+        n_step, step_tokens = (int(x) for x in _sum_over_processes(accelerator, counts))
+        scale = accelerator.num_processes / max(1, n_step)
+        loss_sum = torch.zeros((), device=device)
         for k, batch in enumerate(micro):
             sync = k == len(micro) - 1
             with nullcontext() if sync or accelerator.num_processes == 1 else accelerator.no_sync(model):
-                loss_sum, _ = supervised_loss(model, batch)
-                accelerator.backward(loss_sum / norm)
-            step_loss += float(loss_sum.detach())
-            tokens_seen += batch.n_tokens
+                batch_loss, _ = supervised_loss(model, batch)
+                accelerator.backward(batch_loss * scale)
+            loss_sum += batch_loss.detach().float()
+        tokens_seen += step_tokens
         if config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        train_loss = step_loss / max(1, norm)
+        train_loss = float(_sum_over_processes(accelerator, loss_sum)) / max(1, n_step)
+        lr = scheduler.get_last_lr()[0]
+        history.append({"step": step + 1, "loss": train_loss, "lr": lr, "supervised_tokens": n_step,
+                        "tokens": step_tokens, "seconds": time.perf_counter() - started})
         bar.update(1)
         bar.set_postfix(loss=f"{train_loss:.4f}")
         if writer and (step + 1) % max(1, config.log_every) == 0:
             writer.add_scalar("train/loss", train_loss, step + 1)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step + 1)
+            writer.add_scalar("train/lr", lr, step + 1)
             writer.add_scalar("train/tokens_per_s", tokens_seen / (time.perf_counter() - started), step + 1)
         if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < total_steps:
             loss = evaluate_loss(model, eval_w, config.batch_tokens, device)
@@ -164,23 +234,45 @@ def tune(
                 writer.add_scalar("eval/loss", loss, step + 1)
             model.train()
         if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total_steps:
-            _save_checkpoint(out / CHECKPOINT_DIR, accelerator, model, optimizer, scheduler, step + 1, eval_before)
+            save(step + 1)
     bar.close()
     elapsed = time.perf_counter() - started
 
-    eval_after = evaluate_loss(model, eval_w, config.batch_tokens, device)
+    eval_after = evaluate_loss(model, eval_w, config.batch_tokens, device, progress=show, desc="eval after")
     if writer:
         if eval_after is not None:
             writer.add_scalar("eval/loss", eval_after, total_steps)
         writer.close()
-    _save_checkpoint(out / CHECKPOINT_DIR, accelerator, model, optimizer, scheduler, total_steps, eval_before)
+    save(total_steps)
     result = TuneResult(out, total_steps, eval_before, eval_after, train_loss,
-                        tokens_seen / elapsed if tokens_seen else None, stats)
+                        tokens_seen / elapsed if tokens_seen else None, stats,
+                        attention_ran, str(dtype).removeprefix("torch."), accelerator.num_processes)
     weights = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         _save_outputs(out, accelerator.unwrap_model(model), weights, tokenizer, config, result)
     accelerator.wait_for_everyone()
     return result
+
+
+def _stage(show: bool, message: str) -> None:
+    """A progress line for the slow stages before the step bar (model load, rendering)."""
+    if show:
+        log.info(message)
+
+
+def _sum_over_processes(accelerator: Any, value: Any) -> Any:
+    return accelerator.reduce(value, "sum") if accelerator.num_processes > 1 else value
+
+
+def _read_log(path: Path, upto: int) -> list[dict[str, Any]]:
+    """The per-step records of the run being resumed, up to its checkpoint's step."""
+    import json
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    return [r for r in map(json.loads, filter(None, lines)) if r.get("step", 0) <= upto]
 
 
 def _micro_batches(step: int, n_groups: int, config: TuneConfig, accelerator: Any) -> list[int]:
@@ -197,9 +289,11 @@ def _micro_batches(step: int, n_groups: int, config: TuneConfig, accelerator: An
     return out
 
 
-def evaluate_loss(model: Any, windows: Sequence[Window], batch_tokens: int, device: Any) -> float | None:
+def evaluate_loss(model: Any, windows: Sequence[Window], batch_tokens: int, device: Any, progress: bool = False,
+                  desc: str = "eval") -> float | None:
     """Mean token cross-entropy over the supervised (critical-step) tokens of `windows`; None if none."""
     import torch
+    from tqdm.auto import tqdm
 
     if not windows:
         return None
@@ -207,7 +301,7 @@ def evaluate_loss(model: Any, windows: Sequence[Window], batch_tokens: int, devi
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for group in pack(windows, batch_tokens):
+        for group in tqdm(pack(windows, batch_tokens), desc=desc, disable=not progress, leave=False):
             loss_sum, n = supervised_loss(model, collate(group).to(device))
             total += float(loss_sum)
             count += n
@@ -229,73 +323,6 @@ def _tensorboard(path: Path) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(path))
-
-
-def _trainable_state(accelerator: Any, model: Any) -> dict[str, Any]:
-    """The weights a checkpoint must keep: the adapter (PEFT) or every weight (full); gathered under FSDP."""
-    from peft import get_peft_model_state_dict
-
-    state = accelerator.get_state_dict(model)  # every process must call it: FSDP gathers the shards here
-    unwrapped = accelerator.unwrap_model(model)
-    if hasattr(unwrapped, "peft_config"):
-        state = get_peft_model_state_dict(unwrapped, state_dict=state)
-    return {k: v.detach().cpu().clone() for k, v in state.items()}  # clone: tied weights must not share storage
-
-
-def _save_checkpoint(path: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, step: int, eval_before: float | None) -> None:
-    """Trainable weights, optimizer, scheduler, RNG and step, swapped into place as a whole."""
-    import torch
-    from safetensors.torch import save_file
-
-    weights = _trainable_state(accelerator, model)
-    optim_state = optimizer.state_dict()
-    if not accelerator.is_main_process:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        save_file(weights, str(tmp / "trainable.safetensors"))
-        torch.save(optim_state, tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(rng, tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "eval_loss_before": eval_before}))
-        old = path.with_name(path.name + ".old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any] | None:
-    """Restore a checkpoint written by `_save_checkpoint` (our own files, read with weights_only)."""
-    import torch
-    from safetensors.torch import load_file
-
-    if not (path / "state.json").exists():
-        return None
-    from peft import set_peft_model_state_dict
-
-    weights = load_file(str(path / "trainable.safetensors"))
-    if hasattr(model, "peft_config"):
-        result = set_peft_model_state_dict(model, weights)
-        missing = [k for k in result.missing_keys if "lora_" in k]
-    else:
-        missing = model.load_state_dict(weights, strict=False).missing_keys
-    if missing:
-        raise InputError(f"checkpoint does not match the model: {len(missing)} tensors missing, e.g. {missing[0]}", path)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / "state.json").read_text())
 
 
 def _name_builtin_base(out: Path, model: str) -> None:

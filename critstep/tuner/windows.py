@@ -6,7 +6,10 @@ Every selected step is trained exactly once, with as much preceding context as f
 - otherwise windows end at a selected step's end and reach back as far as the length allows,
   each supervising the run of consecutive selected steps that fits with its context. With
   `keep_prompt` the system prompt and task stay at the head of every window (an agent step
-  without its task is a guess), and the context cut is what lies between the head and the window;
+  without its task is a guess), and the context cut is what lies between the head and the window.
+  A prompt so long that it and the longest selected step do not fit in one window together keeps
+  its last `max_seq_len // 2` tokens (the task, and the end of the system prompt), counted in
+  `prompt_cut` and reported with what to change (never dropped silently);
 - a single step longer than the window is truncated, with a warning and a count, never dropped.
 """
 
@@ -29,6 +32,7 @@ class Window:
     labels: list[int]
     context_cut: int = 0  # tokens of preceding context left out of this window
     truncated_steps: int = 0  # selected steps cut short because they alone exceed the window
+    prompt_cut: int = 0  # tokens cut from the start of a prompt too long to keep whole at the head
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -49,8 +53,13 @@ def make_windows(rendered: RenderedTrajectory, max_seq_len: int, keep_prompt: bo
     if last_end <= max_seq_len:
         return [Window(rendered.id, ids[:last_end], rendered.labels()[:last_end])]
 
-    head = rendered.prompt_end if keep_prompt and rendered.prompt_end <= max_seq_len // 2 else 0
-    budget = max_seq_len - head
+    head_end = rendered.prompt_end if keep_prompt else 0
+    longest = max(e - s for s, e in spans)
+    head_start = 0
+    if head_end > max_seq_len // 2 and head_end + longest > max_seq_len:
+        head_start = head_end - max_seq_len // 2
+    head = (head_start, head_end)
+    budget = max_seq_len - (head_end - head_start)
     windows: list[Window] = []
     i = 0
     while i < len(spans):
@@ -60,7 +69,7 @@ def make_windows(rendered: RenderedTrajectory, max_seq_len: int, keep_prompt: bo
                 "trajectory %r: step span of %d tokens exceeds the %d-token window; truncated",
                 rendered.id, e_i - s_i, max_seq_len,
             )
-            windows.append(_window(rendered, [(0, head), (s_i, s_i + budget)], [(s_i, s_i + budget)], s_i - head, 1))
+            windows.append(_window(rendered, [head, (s_i, s_i + budget)], [(s_i, s_i + budget)], s_i - head_end, 1, head_start))
             i += 1
             continue
         j = i
@@ -69,10 +78,10 @@ def make_windows(rendered: RenderedTrajectory, max_seq_len: int, keep_prompt: bo
         end = spans[j][1]
         supervised = spans[i : j + 1]
         if end <= max_seq_len:
-            windows.append(_window(rendered, [(0, end)], supervised, 0, 0))
+            windows.append(_window(rendered, [(0, end)], supervised, 0, 0, 0))
         else:
             start = end - budget
-            windows.append(_window(rendered, [(0, head), (start, end)], supervised, start - head, 0))
+            windows.append(_window(rendered, [head, (start, end)], supervised, start - head_end, 0, head_start))
         i = j + 1
     return windows
 
@@ -83,6 +92,7 @@ def _window(
     supervised: list[tuple[int, int]],
     context_cut: int,
     truncated: int,
+    prompt_cut: int,
 ) -> Window:
     ids: list[int] = []
     labels: list[int] = []
@@ -90,4 +100,4 @@ def _window(
         for t in range(start, end):
             ids.append(rendered.input_ids[t])
             labels.append(rendered.input_ids[t] if any(s <= t < e for s, e in supervised) else -100)
-    return Window(rendered.id, ids, labels, context_cut, truncated)
+    return Window(rendered.id, ids, labels, context_cut, truncated, prompt_cut)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ class FeatureCache:
         try:
             with np.load(path, allow_pickle=False) as f:
                 return f["x"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None  # a damaged entry is recomputed, not trusted
 
     def put(self, key: str, value: np.ndarray) -> None:

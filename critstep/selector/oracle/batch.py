@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from critstep.errors import CritstepError
 from critstep.io import atomic_write, write_json
-from critstep.selector.oracle.client import ChatClient, completion_from
+from critstep.selector.oracle.client import ChatClient, RequestError, completion_from, server_detail
 
 if TYPE_CHECKING:
     from critstep.selector.oracle.labeler import Budget, Job, OracleLabeler
@@ -66,7 +66,7 @@ def run_batch(labeler: OracleLabeler, todo: list[Job], run: LabelRun, budget: Bu
             if isinstance(result, str):
                 outcome.error = result
             else:
-                outcome = labeler.finish(job, completion_from(result), outcome, budget, batch=True)
+                outcome = labeler.finish(job, completion_from(result, job.request.messages), outcome, budget, batch=True)
             reserved = job.reserve if key in state.get("reserved", ()) else 0.0
             budget.settle(reserved, outcome.cost)
             labeler.merge(run, outcome)
@@ -104,13 +104,23 @@ def _submit(client: ChatClient, jobs: list[Job], state_path: Path) -> dict[str, 
     requests_path = state_path.with_name(state_path.name.removesuffix(".json") + ".requests.jsonl")
     with atomic_write(requests_path) as f:
         for job in jobs:
-            body = client.body(job.request.messages, job.max_tokens, mode="json_schema")
+            r = job.request
+            body = client.body(r.n_steps, r.cap, r.messages, job.max_tokens, mode="json_schema")
             f.write(json.dumps({"custom_id": job.key, "method": "POST", "url": ENDPOINT, "body": body}, ensure_ascii=False) + "\n")
+    no_api = f"{client.endpoint} has no OpenAI Files/Batch API"
     try:
         uploaded = client.retrying(lambda: client.client.files.create(file=(requests_path.name, requests_path.read_bytes()), purpose="batch"))
+        if not isinstance(getattr(uploaded, "id", None), str):
+            raise CritstepError(f"{no_api} (POST /files did not return a file object): --batch works with OpenAI's API; drop --batch")
         batch = client.retrying(lambda: client.client.batches.create(input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h"))
+        if not isinstance(getattr(batch, "id", None), str):
+            raise CritstepError(f"{no_api} (POST /batches did not return a batch object): --batch works with OpenAI's API; drop --batch")
     except client._openai.APIStatusError as e:
-        raise CritstepError(client.redact(f"could not submit the batch: HTTP {e.status_code}: {e.message}")) from None
+        if e.status_code in (404, 405, 501):
+            raise CritstepError(client.redact(f"{no_api} (HTTP {e.status_code}: {server_detail(e)}): --batch works with OpenAI's API; drop --batch")) from None
+        raise CritstepError(client.redact(f"could not submit the batch: HTTP {e.status_code}: {server_detail(e)}")) from None
+    except RequestError as e:
+        raise CritstepError(client.redact(f"could not submit the batch to {client.endpoint}: {e}")) from None
     keys = [job.key for job in jobs]
     state = {"batch_id": batch.id, "input_file_id": uploaded.id, "model": client.model, "submitted_at": int(time.time()), "keys": keys, "reserved": keys}
     write_json(state_path, state)
@@ -141,7 +151,9 @@ def _wait(client: ChatClient, state: dict[str, Any], poll_interval: float) -> di
                 results.update(_parse_results(text, client))
         return results
     except client._openai.APIStatusError as e:
-        raise CritstepError(client.redact(f"batch {batch_id}: HTTP {e.status_code}: {e.message}")) from None
+        raise CritstepError(client.redact(f"batch {batch_id}: HTTP {e.status_code}: {server_detail(e)}")) from None
+    except RequestError as e:
+        raise CritstepError(client.redact(f"batch {batch_id}: {e}; run again to resume polling it")) from None
 
 
 def _parse_results(text: str, client: ChatClient) -> dict[str, dict[str, Any] | str]:

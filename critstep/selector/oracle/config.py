@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from critstep.errors import ConfigError
 from critstep.selection import DEFAULT_RATIO
+from critstep.selector.oracle.schema import MODES
 
 # Local servers (vLLM, Ollama, llama.cpp) accept any key, but the client insists on one.
 NO_KEY = "no-key"
@@ -22,9 +24,14 @@ class OracleConfig:
     (`$CRITSTEP_CACHE/oracle/cache.jsonl`), shared by every run so nothing is paid twice;
     `use_cache=False` turns it off. `backoff_base` is the first retry wait in seconds, doubled
     each attempt up to `backoff_max`, unless the server sends Retry-After.
+
+    `model=None` asks gpt-4o at OpenAI and, elsewhere, the model the server lists (one served
+    model needs no name). `response_format` is `auto` (probe, fall back) or one fixed mode;
+    `stream=None` streams from every server but OpenAI's. `max_consecutive_failures` failed
+    attempts in a row stop the run (a circuit breaker for a dead server).
     """
 
-    model: str = "gpt-4o"
+    model: str | None = None
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)  # never printed with the config
     api_key_env: str = "OPENAI_API_KEY"
@@ -40,6 +47,9 @@ class OracleConfig:
     poll_interval: float = 30.0
     timeout: float = 120.0
     max_retries: int = 6
+    response_format: str = "auto"
+    stream: bool | None = None
+    max_consecutive_failures: int = 8
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     max_output_tokens: int | None = None
@@ -50,8 +60,16 @@ class OracleConfig:
             raise ConfigError(f"ratio must be in (0, 1], got {self.ratio}")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
-        if self.max_cost is not None and self.max_cost < 0:
-            raise ConfigError(f"max_cost must not be negative, got {self.max_cost}")
+        if self.max_cost is not None and not (math.isfinite(self.max_cost) and self.max_cost >= 0):
+            raise ConfigError(f"max_cost must be a finite number of dollars >= 0, got {self.max_cost}")
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout}")
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries must not be negative, got {self.max_retries}")
+        if self.max_consecutive_failures < 1:
+            raise ConfigError(f"max_consecutive_failures must be at least 1, got {self.max_consecutive_failures}")
+        if self.response_format != "auto" and self.response_format not in MODES:
+            raise ConfigError(f"unknown response format {self.response_format!r} (known: auto, {', '.join(MODES)})")
 
     def resolved_base_url(self) -> str | None:
         return self.base_url or os.environ.get("OPENAI_BASE_URL") or None

@@ -3,9 +3,13 @@
 Change anything the model sees and bump `PROMPT_VERSION`: it is part of the cache key, so answers
 to an old prompt are never served for a new one.
 
-The trajectory is data, not instructions. It goes between `<trajectory>` tags with `<` and `>`
-escaped inside, so a message cannot close the block or forge a step; the system prompt says that
-text inside the block is never to be obeyed. Validation (schema.py) enforces the rules anyway.
+The trajectory is data, not instructions. Everything taken from the input (the environment name
+as well as the messages) goes between `<trajectory>` tags with `<` and `>` escaped inside, so no
+input text can close the block or forge a step; the system prompt says that text inside the block
+is never to be obeyed. Validation (schema.py) enforces the rules anyway.
+
+The prompt describes the answer's fields in words and shows no template to fill in: models copied
+a placeholder plan such as `<the sub-goals>` verbatim (validation now refuses those too).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 from critstep.selection import CATEGORIES, step_cap
 from critstep.trajectory import Trajectory
 
-PROMPT_VERSION = "atlas-v1"
+PROMPT_VERSION = "atlas-v2"
 
 # Observations and context messages longer than this are clipped (head and tail kept); steps get
 # more room because they are what is being judged.
@@ -41,9 +45,10 @@ numbered from 0) and the observations between steps.
    - self_correction: the agent recognises a mistake and changes course.
    Be selective: never exceed the maximum number of steps you are given, and choose fewer when fewer are \
 critical. Routine navigation, repeated attempts and small talk are not critical.
-4. Answer with one JSON object and nothing else:
-   {{"plan": "<the sub-goals>", "critical": [{{"step": <index>, "category": "<one of {", ".join(CATEGORIES)}>", \
-"reason": "<at most 20 words>"}}]}}"""
+4. Answer with one JSON object and nothing else. It has exactly two keys. "plan" is a string: the sub-goals \
+of this task, written out in one or two sentences. "critical" is a list with one object per critical step, \
+each with the keys "step" (the step's index, an integer), "category" (one of {", ".join(CATEGORIES)}) and \
+"reason" (why the step is critical, in at most 20 words)."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,8 @@ def _escape(text: str) -> str:
 
 
 def render_trajectory(trajectory: Trajectory) -> str:
-    """The trajectory as tagged blocks: steps carry their 0-based index, everything else is context."""
-    parts: list[str] = []
+    """The trajectory as tagged blocks: its environment, then steps with their 0-based index, and context."""
+    parts: list[str] = [f"<environment>{_escape(clip(str(trajectory.env), 200))}</environment>"]
     step = 0
     for m in trajectory.messages:
         if m.is_step:
@@ -87,7 +92,7 @@ def build_request(trajectory: Trajectory, ratio: float) -> Request:
     n = trajectory.n_steps
     cap = step_cap(n, ratio)
     user = (
-        f"Environment: {trajectory.env}. The trajectory has {n} steps, indices 0 to {n - 1}. "
+        f"The trajectory has {n} steps, indices 0 to {n - 1}. "
         f"Choose at most {cap} critical steps.\n\n"
         f"{render_trajectory(trajectory)}\n\n"
         f"Write the plan, then return at most {cap} critical steps (indices 0 to {n - 1}, each once) as JSON."
@@ -99,9 +104,9 @@ def build_request(trajectory: Trajectory, ratio: float) -> Request:
 def repair_messages(request: Request, answer: str, problem: str) -> list[dict[str, Any]]:
     """The one follow-up an invalid answer gets: the answer back, what is wrong, the rules again."""
     rules = (
-        f"Your answer is invalid: {problem}. Reply again with one JSON object only: "
-        f'{{"plan": ..., "critical": [{{"step": ..., "category": ..., "reason": ...}}]}}, '
-        f"with step indices from 0 to {request.n_steps - 1}, each at most once, at most {request.cap} of them, "
-        f"and categories from {', '.join(CATEGORIES)}."
+        f"Your answer is invalid: {problem}. Reply again with one JSON object only, with the keys \"plan\" "
+        f"(the sub-goals of this task, written out) and \"critical\" (a list of objects with the keys \"step\", "
+        f"\"category\" and \"reason\"), with step indices from 0 to {request.n_steps - 1}, each at most once, "
+        f"at most {request.cap} of them, and categories from {', '.join(CATEGORIES)}."
     )
     return [*request.messages, {"role": "assistant", "content": answer}, {"role": "user", "content": rules}]

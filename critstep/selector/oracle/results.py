@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,9 +38,19 @@ class CostEstimate:
         )
 
 
+def reason_kind(reason: str) -> str:
+    """A failure reason with its numbers blanked, so that failures of one kind count together."""
+    return re.sub(r"\d+", "N", " ".join(reason.split()))[:120]
+
+
 @dataclass
 class LabelRun:
-    """The outcome of one `label` call; `labels` holds only valid labels, `failed` the reasons."""
+    """The outcome of one `label` call; `labels` holds only valid labels, `failed` the reasons.
+
+    `oracle` (model and endpoint) goes into every record written. `cached_failures` counts
+    failures served from the cache (`--retry-failed` asks again); `estimated_usage` answers whose
+    server reported no usable token counts (their cost is estimated from the text).
+    """
 
     model: str
     labels: dict[str, TrajectoryLabels] = field(default_factory=dict)
@@ -51,8 +63,12 @@ class LabelRun:
     unlabeled: list[str] = field(default_factory=list)
     stopped: str | None = None
     fatal: bool = False
+    interrupted: bool = False
     price_known: bool = True
     usage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    oracle: dict[str, str] = field(default_factory=dict)
+    cached_failures: int = 0
+    estimated_usage: int = 0
 
     def records(self, trajectories: Sequence[Trajectory]) -> list[TrajectoryLabels]:
         """Label-file records in input order: valid labels and failures, each with its usage."""
@@ -61,9 +77,25 @@ class LabelRun:
             if t.id in self.labels:
                 out.append(self.labels[t.id])
             elif t.id in self.failed:
-                extra = {"usage": self.usage[t.id]} if t.id in self.usage else {}
+                extra: dict[str, Any] = {"usage": self.usage[t.id]} if t.id in self.usage else {}
+                if self.oracle:
+                    extra["oracle"] = self.oracle
                 out.append(TrajectoryLabels(t.id, t.n_steps, [], status="failed", error=self.failed[t.id], extra=extra))
         return out
+
+    @property
+    def labeled_with_steps(self) -> int:
+        return sum(1 for lab in self.labels.values() if lab.n_steps > 0)
+
+    def failure_breakdown(self, limit: int = 5) -> list[tuple[int, str]]:
+        """The commonest kinds of failure, most frequent first: (count, one reason of that kind)."""
+        kinds: Counter[str] = Counter()
+        example: dict[str, str] = {}
+        for reason in self.failed.values():
+            kind = reason_kind(reason)
+            kinds[kind] += 1
+            example.setdefault(kind, reason)
+        return [(n, example[kind]) for kind, n in kinds.most_common(limit)]
 
     def summary(self) -> str:
         price = "" if self.price_known else f" (no price for {self.model} in the price table: counted as $0)"
@@ -72,6 +104,8 @@ class LabelRun:
             f"{self.calls:,} API calls, {self.cache_hits:,} cache hits",
             f"tokens: {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion; cost ${self.cost_usd:,.4f}{price}",
         ]
+        if self.estimated_usage:
+            lines.append(f"{self.estimated_usage:,} answers came without usable token counts: their tokens are estimated (characters / 4)")
         if self.stopped:
             lines.append(f"stopped early: {self.stopped}")
         return "\n".join(lines)

@@ -23,8 +23,8 @@ class OracleSelector(Selector):
 
     Answers come from the persistent cache when they can. A trajectory the oracle could not label
     (invalid answer, failed request, budget reached) gets no `Selection`: the teacher has no
-    opinion on it, and `last_run` says why, so a cascade can send it to another selector.
-    An API stop (bad key, no quota) raises.
+    opinion on it, and `last_run` says why (`missing_reasons`), so a cascade can send it to another
+    selector. An API stop (bad key, no quota, unknown model) raises; so does Ctrl-C.
     """
 
     name = "oracle"
@@ -38,9 +38,19 @@ class OracleSelector(Selector):
         labeler = OracleLabeler(dataclasses.replace(self.config, ratio=ratio))
         run = labeler.label(trajectories)
         self.last_run = run
+        if run.interrupted:
+            raise KeyboardInterrupt  # the answers bought so far are in the cache
         if run.fatal:
             raise CritstepError(run.stopped or "the API stopped the run")
         missing = len(run.failed) + len(run.unlabeled)
         if missing:
             log.warning("oracle: %d of %d trajectories have no labels (%s)", missing, len(trajectories), run.stopped or "see last_run.failed")
         return {tid: labels.to_selection() for tid, labels in run.labels.items()}
+
+
+def missing_reasons(run: LabelRun) -> dict[str, str]:
+    """Why each trajectory the oracle did not label has no labels: its failure, or why it was not sent."""
+    reasons = dict(run.failed)
+    for tid in run.unlabeled:
+        reasons.setdefault(tid, f"not sent: {run.stopped or 'the run stopped'}")
+    return reasons
