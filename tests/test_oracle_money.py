@@ -124,7 +124,9 @@ def test_ctrl_c_cancels_in_flight_streams_and_keeps_what_was_answered(oracle_ser
     out, cache = tmp_path / "labels.jsonl", tmp_path / "cache.jsonl"
     args = [sys.executable, "-c", "from critstep.cli import cli; cli()", "label", str(path), "--out", str(out), "--base-url", oracle_server.url,
             "--cache", str(cache), "--concurrency", "2"]  # fmt: skip
-    proc = subprocess.Popen(args, env={**os.environ, "OPENAI_API_KEY": KEY, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(args, env={**os.environ, "OPENAI_API_KEY": KEY, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # Ctrl-C reaches it even when the suite runs as a background job (which starts with SIGINT ignored)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (cache.exists() and cache.read_text().strip()):
         time.sleep(0.05)
