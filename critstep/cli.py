@@ -103,9 +103,9 @@ def models_export(ref: str, out: Path) -> None:
 
 
 def _register() -> None:
-    from critstep.commands import compare, demo, distill, evaluate, label, merge, select, tune
+    from critstep.commands import compare, demo, distill, eval, evaluate, label, merge, select, tune
 
-    for module in (label, distill, select, evaluate, tune, merge, compare, demo):
+    for module in (label, distill, select, evaluate, tune, merge, eval, compare, demo):
         cli.add_command(module.command)
 
 

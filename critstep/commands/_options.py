@@ -35,6 +35,6 @@ class SourceType(click.ParamType):
         return str(value)
 
 
-def input_argument(name: str) -> Any:
+def input_argument(name: str, required: bool = True) -> Any:
     """The input of a command: a file, a directory or a glob (quote it) of JSON/JSONL/.gz/.zst/Parquet shards."""
-    return click.argument(name, type=SourceType())
+    return click.argument(name, type=SourceType(), required=required)
