@@ -98,11 +98,13 @@ def read_labels(
     path: str | Path,
     trajectories: Iterable[Trajectory] | None = None,
     include_failed: bool = False,
+    skip_unknown: bool = False,
 ) -> dict[str, TrajectoryLabels]:
     """Labels by trajectory id, validated; against `trajectories` too when given.
 
     With trajectories, an unknown id or an `n_steps` that disagrees with the trajectory is an
     error naming the label file's line: labels for another version of the data must not be used.
+    `skip_unknown` leaves labels of other trajectories out instead (scoring a part of a file).
     """
     by_id = {t.id: t for t in trajectories} if trajectories is not None else None
     out: dict[str, TrajectoryLabels] = {}
@@ -113,6 +115,8 @@ def read_labels(
         if by_id is not None:
             traj = by_id.get(labels.id)
             if traj is None:
+                if skip_unknown:
+                    continue
                 raise InputError(f"labels for unknown trajectory id {labels.id!r}", path, rec.line)
             if traj.n_steps != labels.n_steps:
                 raise InputError(f"n_steps {labels.n_steps} but trajectory {labels.id!r} has {traj.n_steps} steps", path, rec.line)
