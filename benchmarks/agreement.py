@@ -18,8 +18,8 @@ Modes: "default" (each fold model's own choice: threshold or learned count), "th
 the mean over envs with at least 10 trajectories (alfworld, qa-search, sciworld, tau-airline).
 
 Candidates (see `CANDIDATES`): the previous release's recipe (HGB on semantic + structural
-features), the shipped recipe (+ progress features), without the env-specific hashed action
-names, structural + progress only, a LambdaRank model within trajectories, stacked sequential
+features), the shipped recipe ("gbm": + progress features, without the env-specific hashed
+action names), the same with the hashed names, structural + progress only, a LambdaRank model within trajectories, stacked sequential
 learning (a second HGB on the neighbours' out-of-fold probabilities), a 2-layer transformer and
 a dilated-convolution network over the step vectors of a trajectory (torch, CPU), and the HGB
 with the small LM's hidden states (group "hidden"; on the trajectories whose hidden states are
@@ -31,7 +31,7 @@ hours on the shared CPU).
     .venv/bin/python benchmarks/agreement.py --table          # print the saved results
 
 Results are merged into benchmarks/results/agreement.json (one entry per protocol and candidate).
-The ranker needs `lightgbm` (`pip install lightgbm`); heldout.jsonl is never read.
+The ranker needs `lightgbm` (`pip install -e ".[bench]"`); heldout.jsonl is never read.
 """
 
 from __future__ import annotations
@@ -156,7 +156,10 @@ class Sequence(OutOfFoldCalibrated):
         import torch
 
         torch.manual_seed(0)
-        mu, sd = X.mean(0), X.std(0) + 1e-6
+        # columns constant in the training part (rare hashed actions) keep their scale: dividing by a
+        # tiny deviation would turn a test value into a huge activation
+        mu, sd = X.mean(0), X.std(0)
+        sd = np.where(sd < 1e-3, 1.0, sd)
         seqs = [(torch.tensor((X[r] - mu) / sd, dtype=torch.float32), torch.tensor(y[r], dtype=torch.float32)) for r in _runs(groups)]
         net = _SeqNet(X.shape[1], self.hidden, self.kind)
         opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
@@ -231,17 +234,17 @@ def _hgb() -> Callable[[], Any]:
     return lambda: StepClassifier(ratio=0.3, random_state=0)
 
 
-# name -> (feature groups, keep the hashed action names, model factory, needs the torch/lightgbm extras)
+# name -> (feature groups, keep the hashed action names, factory of the per-fold model factory)
 CANDIDATES: dict[str, tuple[tuple[str, ...], bool, Callable[[], Callable[[], Any]]]] = {
-    "gbm": (("semantic", "structural", "progress"), True, _hgb),
-    "gbm-v1": (("semantic", "structural"), True, _hgb),
-    "gbm-nohash": (("semantic", "structural", "progress"), False, _hgb),  # the shipped recipe (FeatureConfig's defaults)
+    "gbm": (("semantic", "structural", "progress"), False, _hgb),  # the shipped recipe (FeatureConfig's defaults)
+    "gbm-v1": (("semantic", "structural"), True, _hgb),  # the previous release's
+    "gbm-hash": (("semantic", "structural", "progress"), True, _hgb),
     "gbm-structural-progress": (("structural", "progress"), True, _hgb),
     "ranker": (("semantic", "structural", "progress"), True, lambda: Ranker),
     "stacked": (("semantic", "structural", "progress"), True, lambda: Stacked),
     "transformer": (("semantic", "structural", "progress"), True, lambda: (lambda: Sequence("transformer"))),
     "conv": (("semantic", "structural", "progress"), True, lambda: (lambda: Sequence("conv"))),
-    "gbm+hidden": (("semantic", "hidden", "structural", "progress"), True, _hgb),
+    "gbm+hidden": (("semantic", "hidden", "structural", "progress"), False, _hgb),
 }
 # The sequence models read each step's own vector: the neighbour/rank context columns are left out.
 NO_CONTEXT = ("transformer", "conv")

@@ -113,7 +113,6 @@ def seed_slice(shared: Path, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("seed")
     corpus = read_trajectories(shared / "corpus.jsonl")
     labels = read_labels(shared / "seed_labels.jsonl", corpus)
-    ids = [i for env in ("alfworld", "qa-search", "tau-airline") for i in [k for k in labels if k.startswith(env[:4]) or env in k][:0]]
     by_env: dict[str, list[str]] = {}
     for t in corpus:
         if t.id in labels and t.env in ("alfworld", "qa-search", "tau-airline") and len(by_env.setdefault(t.env, [])) < 8:
@@ -121,7 +120,6 @@ def seed_slice(shared: Path, tmp_path_factory) -> Path:
     ids = [i for v in by_env.values() for i in v]
     write_trajectories(d / "traj.jsonl", [t for t in corpus if t.id in ids])
     write_labels(d / "labels.jsonl", [labels[i] for i in ids])
-    write_labels(d / "half.labels.jsonl", [labels[i] for i in ids[::2]])
     return d
 
 
@@ -158,8 +156,15 @@ def test_distill_base_adapts_the_shipped_model_to_an_env(seed_slice: Path, tmp_p
     assert code == 0, output
     assert "tau-airline: 8 labeled trajectories; F1 base" in output and "training data of the base model" in output
     adapted = load_model(out)
-    assert {"alfworld", "qa-search", "tau-airline"} <= set(adapted.adaptation)
-    assert adapted.card["adapted_from"]["base"] == SHIPPED_MODEL
+    assert set(adapted.adapters) == set(adapted.policy.env_thresholds) == {"alfworld", "qa-search", "tau-airline"}
+    assert adapted.card["adapted_from"]["base"] == SHIPPED_MODEL and "Adaptation" in (out / "README.md").read_text()
+    base = load_model(default_model_dir())
+    trajectories = read_trajectories(seed_slice / "traj.jsonl")
+    tau = [t for t in trajectories if t.env == "tau-airline"]
+    X, _ = FeatureExtractor(base.features, cache=None).transform(tau)
+    # the adapter moves the scores of its env, and only of its env
+    assert not np.allclose(adapted.raw_scores(X, ["tau-airline"] * len(X)), base.raw_scores(X, ["tau-airline"] * len(X)))
+    assert np.allclose(adapted.raw_scores(X, ["webshop"] * len(X)), base.raw_scores(X, ["webshop"] * len(X)))
     code, output = run("select", str(seed_slice / "traj.jsonl"), "--model", str(out), "--out", str(tmp_path / "s.jsonl"), "--device", "cpu")
     assert code == 0, output
     code, output = run("distill", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--base", "nowhere",

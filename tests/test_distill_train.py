@@ -82,10 +82,13 @@ def test_estimator_contract_and_validation() -> None:
 
 def test_fit_save_load_round_trip_scores_identically(seed, tmp_path: Path) -> None:
     trajectories, labels = seed
-    report = train_distilled(trajectories, labels, tmp_path / "model", features=STRUCTURAL, folds=2, cache=None)
+    report = train_distilled(trajectories, labels, tmp_path / "model", features=STRUCTURAL, folds=2, repeats=2, cache=None)
     cv = report["cv"]
-    assert cv["folds"] == 2 and 0.2 < cv["ratio"]["f1"] <= 1.0 and cv["ratio"]["auroc"] > 0.6
-    assert set(cv["default_mode_chosen"]) <= {"threshold", "count"} and sum(cv["default_mode_chosen"].values()) == 2
+    assert cv["folds"] == 2 and cv["repeats"] == 2 and 0.2 < cv["ratio"]["f1"] <= 1.0 and cv["ratio"]["auroc"] > 0.6
+    assert set(cv["default_mode_chosen"]) <= {"threshold", "count"} and sum(cv["default_mode_chosen"].values()) == 4
+    spread = cv["default"]["spread"]
+    assert spread["repeats"] == 2 and spread["f1"]["min"] <= cv["default"]["f1"] <= spread["f1"]["max"]
+    assert set(spread["per_env_f1"]) == {t.env for t in trajectories}
     assert report["training_data"]["trajectories"] == 40
     files = {p.name for p in (tmp_path / "model").iterdir()}
     assert files == {"model.skops", "model.json", "README.md", ".critstep-output.json"}  # no pickle anywhere

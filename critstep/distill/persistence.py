@@ -268,7 +268,5 @@ def model_card(model: DistilledModel) -> str:
         if scores.get("auroc") is not None:
             lines += ["", f"AUROC {scores['auroc']:.3f}, average precision {scores['average_precision']:.3f}, Brier {scores['brier']:.4f}, "
                       f"ECE {scores['ece']:.4f} (first repeat)."]
-    for title, text in card.get("notes", {}).items():
-        lines += ["", f"## {title}", "", text]
     lines += ["", "## Versions", *(f"- {k} {v}" for k, v in card.get("versions", {}).items()), ""]
     return "\n".join(lines)

@@ -46,10 +46,6 @@ class DistilledSelector(Selector):
         self.mode = "threshold" if threshold else mode
         self.extractor = FeatureExtractor(self.model.features, device=device, cache=cache, progress=progress)
 
-    @property
-    def threshold(self) -> bool:
-        return (self.mode or self.model.policy.mode) == "threshold"
-
     def score(self, trajectories: Sequence[Trajectory]) -> dict[str, np.ndarray]:
         """Calibrated probability that each step is critical, per trajectory id."""
         X, index = self.extractor.transform(trajectories)
