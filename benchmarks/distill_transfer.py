@@ -10,7 +10,7 @@ too, for reference (a team with the original training data could do that; the sh
 not carry it). F1 is micro over the scored trajectories' steps, in each model's default mode;
 mean ± std over the draws.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distill_transfer.py [--draws 5] [--refit]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distill_transfer.py [--draws 5] [--refit] [--envs sciworld,tau-airline]
 
 Writes benchmarks/results/distill_transfer.json; heldout.jsonl is never read.
 """
@@ -18,6 +18,7 @@ Writes benchmarks/results/distill_transfer.json; heldout.jsonl is never read.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument("--refit", action="store_true", help="also retrain from scratch on the other envs + the k trajectories")
     parser.add_argument("--groups", default=",".join(FeatureConfig().groups), help="feature groups (default: the shipped recipe's)")
     parser.add_argument("--ratio", type=float, default=0.3)
+    parser.add_argument("--envs", default=",".join(ENVS), help="envs to leave out (the others' saved results are kept)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "distill_transfer.json")
     args = parser.parse_args()
 
@@ -101,7 +103,11 @@ def main() -> None:
     data = build_dataset(FeatureExtractor(config, progress=True), corpus, labels)
     rows = {t.id: np.flatnonzero(data.groups == t.id) for t in data.trajectories}
     result: dict = {"features": list(config.groups), "draws": args.draws, "ratio": args.ratio, "envs": {}}
-    for env in ENVS:
+    if args.out.exists():
+        saved = json.loads(args.out.read_text())
+        if {k: saved.get(k) for k in ("features", "draws", "ratio")} == {k: result[k] for k in ("features", "draws", "ratio")}:
+            result["envs"] = saved["envs"]  # same settings: keep the envs this run does not redo
+    for env in [e.strip() for e in args.envs.split(",") if e.strip()]:
         start = time.perf_counter()
         result["envs"][env] = one_env(env, data, rows, args) | {"seconds": time.perf_counter() - start}
         write_json(args.out, result)

@@ -109,13 +109,13 @@ def test_the_shipped_model_is_the_default_and_selects_in_its_own_mode() -> None:
 
 @pytest.fixture(scope="module")
 def seed_slice(shared: Path, tmp_path_factory) -> Path:
-    """24 seed trajectories (the shipped model's training data) and their labels, as files."""
+    """12 seed trajectories (the shipped model's training data) and their labels, as files."""
     d = tmp_path_factory.mktemp("seed")
     corpus = read_trajectories(shared / "corpus.jsonl")
     labels = read_labels(shared / "seed_labels.jsonl", corpus)
     by_env: dict[str, list[str]] = {}
     for t in corpus:
-        if t.id in labels and t.env in ("alfworld", "qa-search", "tau-airline") and len(by_env.setdefault(t.env, [])) < 8:
+        if t.id in labels and t.env in ("alfworld", "qa-search", "tau-airline") and len(by_env.setdefault(t.env, [])) < 4:
             by_env[t.env].append(t.id)
     ids = [i for v in by_env.values() for i in v]
     write_trajectories(d / "traj.jsonl", [t for t in corpus if t.id in ids])
@@ -143,7 +143,7 @@ def test_evaluate_scores_a_partial_file_and_warns_in_sample(seed_slice: Path, tm
     write_trajectories(tmp_path / "part.jsonl", half)
     code, output = run("evaluate", "--pred", str(tmp_path / "part.jsonl"), "--gold", str(seed_slice / "labels.jsonl"), "--json")
     assert code == 0, output
-    assert f"scoring the {len(half)} of 24 labeled trajectories" in output
+    assert f"scoring the {len(half)} of 12 labeled trajectories" in output
     assert "training data of the shipped distilled model" in output and "in-sample" in output
     metrics = json.loads(output[output.index("{"):])
     assert metrics["n_trajectories"] == len(half)
@@ -154,7 +154,7 @@ def test_distill_base_adapts_the_shipped_model_to_an_env(seed_slice: Path, tmp_p
     code, output = run("distill", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--base", "shipped",
                        "--out", str(out), "--device", "cpu")
     assert code == 0, output
-    assert "tau-airline: 8 labeled trajectories; F1 base" in output and "training data of the base model" in output
+    assert "tau-airline: 4 labeled trajectories; F1 base" in output and "training data of the base model" in output
     adapted = load_model(out)
     assert set(adapted.adapters) == set(adapted.policy.env_thresholds) == {"alfworld", "qa-search", "tau-airline"}
     assert adapted.card["adapted_from"]["base"] == SHIPPED_MODEL and "Adaptation" in (out / "README.md").read_text()
