@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_CPU ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all test-ray lint bench clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,11 @@ test: install
 
 test-all: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The Ray Data engine: `make install` brings Ray (the test extra); this runs its tests, the
+# corpus-wide plain-vs-Ray comparison included (~40 min on 2 cores).
+test-ray: install
+	$(PY) -m pytest tests/test_select_scale.py -m "" -k ray $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -30,7 +30,7 @@ from critstep.distill.features import FeatureConfig, FeatureExtractor, parse_gro
 from critstep.distill.metrics import evaluate_selections
 from critstep.distill.train import selections_from_proba
 from critstep.formats import read_trajectories
-from critstep.io import write_json
+from critstep.io import portable_path, write_json
 from critstep.labels import read_labels
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmark"
@@ -118,7 +118,7 @@ def main() -> None:
     reach = {o: next((shares[i] for i, f in enumerate(mean[o]) if f >= final), None) for o in ORDERS}
     result = {
         "benchmark": "active_labeling",
-        "data": str(args.data),
+        "data": portable_path(args.data),
         "trajectories": len(by_id),
         "folds": args.folds,
         "seeds": args.seeds,

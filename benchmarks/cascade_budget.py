@@ -26,7 +26,7 @@ from critstep.distill.features import FeatureConfig, FeatureExtractor, parse_gro
 from critstep.distill.metrics import evaluate_selections
 from critstep.distill.train import selections_from_proba
 from critstep.formats import read_trajectories
-from critstep.io import write_json
+from critstep.io import portable_path, write_json
 from critstep.labels import read_labels
 from critstep.selector.cascade import Budget, RecordedOracle, route
 from critstep.selector.oracle import OracleConfig, OracleLabeler
@@ -96,7 +96,7 @@ def main() -> None:
 
     result = {
         "benchmark": "cascade_budget",
-        "data": str(args.data),
+        "data": portable_path(args.data),
         "trajectories": len(gold),
         "steps": int(len(data.y)),
         "folds": args.folds,

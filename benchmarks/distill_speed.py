@@ -172,7 +172,7 @@ def main() -> None:
     fast = sum(g[name]["minutes_per_1k_trajectories"] for name in FeatureConfig().groups)  # the default groups
     full = fast + g["token"]["minutes_per_1k_trajectories"]
     result["ratios_to_structural"] = {name: g["structural"]["steps_per_s"] / row["steps_per_s"] for name, row in g.items()}
-    compute = yaml.safe_load((ROOT / "configs" / "compute_prices.yaml").read_text())["cpu"]["usd_per_hour"]
+    compute = yaml.safe_load((ROOT / "critstep" / "configs" / "compute_prices.yaml").read_text())["cpu"]["usd_per_hour"]
     result["projection_1k"] = {
         "default_features": list(FeatureConfig().groups),
         "default_features_minutes": fast,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from critstep.demo_pace import REFERENCE_TRAJECTORIES, Pace, duration
 from critstep.formats import read_trajectories, write_trajectories
 from critstep.io import claim_output_dir
 from critstep.labels import TrajectoryLabels, read_labels, selections_from_labels, write_labels
@@ -72,13 +73,14 @@ def split_heldout(trajectories: Sequence[Trajectory], every: int) -> tuple[list[
 
 
 class _Stages:
-    def __init__(self, total: int, echo: Callable[[str], None], result: DemoResult):
-        self.total, self.echo, self.result, self.n = total, echo, result, 0
+    def __init__(self, expected: Sequence[float], echo: Callable[[str], None], result: DemoResult):
+        self.expected, self.total, self.echo, self.result, self.n = expected, len(expected), echo, result, 0
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         self.n += 1
-        self.echo(f"\n[{self.n}/{self.total}] {name}")
+        expected = self.expected[self.n - 1]
+        self.echo(f"\n[{self.n}/{self.total}] {name}" + (f"  (expected ~{duration(expected)})" if expected >= 5 else ""))
         start = time.perf_counter()
         yield
         seconds = time.perf_counter() - start
@@ -97,7 +99,11 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = print) -> DemoR
     _hush_libraries()
     out = claim_output_dir(options.out, "demo")
     result = DemoResult(out)
-    stage = _Stages(7, echo, result)
+    pace = Pace.here()
+    expected = pace.expected_seconds(min(options.limit or REFERENCE_TRAJECTORIES, REFERENCE_TRAJECTORIES), options.tune_steps, options.max_seq_len)
+    for line in pace.describe(sum(expected)):
+        echo(line)
+    stage = _Stages(expected, echo, result)
 
     with stage("validate the bundled sample"):
         trajectories = read_trajectories(SAMPLE_DIR / "trajectories.jsonl")[: options.limit]
@@ -195,17 +201,15 @@ def _teacher_labels(trajectories: Sequence[Trajectory], options: DemoOptions, ec
 
 
 def _hush_libraries() -> None:
-    """Keep the demo's output to what it did: library chatter and loading bars go, errors stay."""
-    import logging
-    import warnings
-
+    """Keep the demo's output to what it did: loading bars and the known foreign warnings go, any
+    other warning and every error stay."""
     from transformers.utils import logging as hf_logging
+
+    from critstep.runtime import hush_foreign_warnings
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+    hush_foreign_warnings()
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,97 +30,234 @@ class Record:
     key: str | None = None
 
 
-def read_records(path: str | Path, on_error: Callable[[InputError], None] | None = None) -> list[Record]:
-    """Read JSONL, a JSON array, or a single JSON object, each value with its line number.
+TOO_DEEP = "malformed JSON: nested too deeply to read"
 
-    A single object is returned whole: only the format reader knows whether it is one record or
-    a mapping of named records (see `expand_object`). With `on_error`, malformed JSONL lines are
-    handed over and skipped instead of raised (a broken array cannot be resynchronised).
+
+def read_records(path: str | Path, on_error: Callable[[InputError], None] | None = None) -> list[Record]:
+    """Every record of one file (see `iter_records`), as a list."""
+    return list(iter_records(path, on_error))
+
+
+def iter_records(path: str | Path, on_error: Callable[[InputError], None] | None = None) -> Iterator[Record]:
+    """Stream JSONL, a JSON array, a single JSON object or Parquet rows, each value with its line.
+
+    Text may be gzip- or Zstandard-compressed (by suffix) and may start with a UTF-8 byte-order
+    mark. JSONL and arrays are read value by value, so memory holds one record, not the file; a
+    single top-level object is one value and is read whole. Only the format reader knows whether
+    such an object is one record or a mapping of named records (see `expand_object`). Parquet rows
+    carry their 1-based row number as `line`. With `on_error`, malformed JSONL lines are handed
+    over and skipped instead of raised (a broken array cannot be resynchronised).
     """
+    from critstep.streams import is_parquet, open_text, parquet_rows, read_errors
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("no such file", path) from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"not UTF-8 text ({e.reason})", path) from None
-    stripped = text.lstrip()
-    if not stripped:
-        return []
-    if stripped[0] == "[":
-        return list(_scan_container(text, path, len(text) - len(stripped)))
-    if stripped[0] == "{":
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as e:
-            if e.msg != "Extra data":
-                raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
-        else:
-            return [Record(value, _line_of(text, len(text) - len(stripped)))]
-    return list(_scan_jsonl(text, path, on_error))
+    if is_parquet(path):
+        for row, value in parquet_rows(path):
+            yield Record(value, row)
+        return
+    with open_text(path) as f, read_errors(path):
+        scanner = _Scanner(f, path)
+        first = scanner.peek()
+        if first == "":
+            return
+        if first == "[":
+            yield from scanner.container()
+            return
+        if first == "{":
+            head = scanner.first_line()
+            try:
+                value = json.loads(head)
+            except (json.JSONDecodeError, RecursionError):
+                # Not one record per line: a single (pretty-printed) object, read whole.
+                text = head + scanner.rest()
+                try:
+                    value = json.loads(text)
+                except RecursionError:
+                    raise InputError(TOO_DEEP, path, scanner.first_value_line) from None
+                except json.JSONDecodeError as e:
+                    if e.msg != "Extra data":
+                        raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
+                    yield from _scan_jsonl(io.StringIO(text), path, on_error)
+                    return
+                yield Record(value, scanner.first_value_line)
+                return
+            yield Record(value, scanner.first_value_line)
+            yield from _scan_jsonl(scanner.stream, path, on_error, start=scanner.first_value_line + 1)
+            return
+        yield from _scan_jsonl(scanner.remaining(), path, on_error, start=scanner.first_value_line)
 
 
 def expand_object(path: str | Path) -> list[Record]:
     """Split a top-level object into one keyed record per entry, each with its own line number."""
-    text = Path(path).read_text(encoding="utf-8")
-    start = text.index("{")
-    return list(_scan_container(text, Path(path), start))
+    from critstep.streams import open_text, read_errors
+
+    path = Path(path)
+    with open_text(path) as f, read_errors(path):
+        scanner = _Scanner(f, path)
+        scanner.peek()
+        return list(scanner.container())
 
 
-def _line_of(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
-
-
-def _scan_jsonl(text: str, path: Path, on_error: Callable[[InputError], None] | None) -> Iterator[Record]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
+def _scan_jsonl(lines: Iterable[str], path: Path, on_error: Callable[[InputError], None] | None, start: int = 1) -> Iterator[Record]:
+    for lineno, line in enumerate(lines, start=start):
         if not line.strip():
             continue
         try:
             yield Record(json.loads(line), lineno)
-        except json.JSONDecodeError as e:
-            error = InputError(f"malformed JSON: {e.msg} (column {e.colno})", path, lineno)
+        except (json.JSONDecodeError, RecursionError) as e:
+            error = InputError(f"malformed JSON: {e.msg} (column {e.colno})" if isinstance(e, json.JSONDecodeError) else TOO_DEEP, path, lineno)
             if on_error is None:
                 raise error from None
             on_error(error)
 
 
-def _scan_container(text: str, path: Path, start: int) -> Iterator[Record]:
-    """Walk the top-level array or object value by value, so each record knows its line."""
-    decoder = json.JSONDecoder()
-    is_object = text[start] == "{"
-    closing = "}" if is_object else "]"
-    pos = _skip_ws(text, start + 1)
-    if pos < len(text) and text[pos] == closing:
-        return
-    while True:
-        key = None
-        try:
-            if is_object:
-                key, pos = decoder.raw_decode(text, pos)
-                pos = _skip_ws(text, pos)
-                if text[pos : pos + 1] != ":":
-                    raise json.JSONDecodeError("Expecting ':' delimiter", text, pos)
-                pos = _skip_ws(text, pos + 1)
-            value_start = pos
-            value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
-        yield Record(value, _line_of(text, value_start), key)
-        pos = _skip_ws(text, pos)
-        if pos < len(text) and text[pos] == ",":
-            pos = _skip_ws(text, pos + 1)
-            continue
-        if pos < len(text) and text[pos] == closing:
-            if text[pos + 1 :].strip():
-                raise InputError("malformed JSON: extra data after the top-level value", path, _line_of(text, pos + 1))
+class _Scanner:
+    """A text stream read in chunks, with the line number of the current position.
+
+    Top-level arrays and objects are walked value by value with `json.JSONDecoder.raw_decode`;
+    a value cut by the end of a chunk is decoded again once more text has been read.
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, stream: IO[str], path: Path):
+        self.stream = stream
+        self.path = path
+        self.text = ""
+        self.pos = 0
+        self.line = 1  # line number at self.pos
+        self.eof = False
+        self.first_value_line = 1
+
+    def _fill(self) -> bool:
+        """Read more text; drop what was consumed. False at the end of the stream."""
+        if self.eof:
+            return False
+        chunk = self.stream.read(self.CHUNK)
+        if not chunk:
+            self.eof = True
+            return False
+        self.text = self.text[self.pos :] + chunk
+        self.pos = 0
+        return True
+
+    def _advance(self, to: int) -> None:
+        self.line += self.text.count("\n", self.pos, to)
+        self.pos = to
+
+    def _skip_ws(self) -> str:
+        """Move past whitespace; the next character, or '' at the end."""
+        while True:
+            while self.pos < len(self.text) and self.text[self.pos] in " \t\r\n":
+                self._advance(self.pos + 1)
+            if self.pos < len(self.text):
+                return self.text[self.pos]
+            if not self._fill():
+                return ""
+
+    def peek(self) -> str:
+        char = self._skip_ws()
+        self.first_value_line = self.line
+        return char
+
+    def first_line(self) -> str:
+        """The rest of the current line (the first value's), consumed."""
+        while "\n" not in self.text[self.pos :] and self._fill():
+            pass
+        end = self.text.find("\n", self.pos)
+        end = len(self.text) if end < 0 else end + 1
+        head = self.text[self.pos : end]
+        self._advance(end)
+        self.stream = _Rest(self.text[self.pos :], self.stream)  # type: ignore[assignment]
+        return head
+
+    def rest(self) -> str:
+        return self.stream.read()
+
+    def remaining(self) -> Iterable[str]:
+        """The lines from the current position on (for JSONL)."""
+        return _Rest(self.text[self.pos :], self.stream)
+
+    def _decode(self, decoder: json.JSONDecoder) -> Any:
+        """The JSON value at the current position, reading more text while it is incomplete."""
+        while True:
+            try:
+                value, end = decoder.raw_decode(self.text, self.pos)
+            except json.JSONDecodeError as e:
+                if self._fill():
+                    continue
+                line = self.line + self.text.count("\n", self.pos, e.pos)
+                raise InputError(f"malformed JSON: {e.msg}", self.path, line) from None
+            except RecursionError:
+                raise InputError(TOO_DEEP, self.path, self.line) from None
+            if end == len(self.text) and self._fill():
+                continue  # a number may go on in the next chunk
+            self._advance(end)
+            return value
+
+    def container(self) -> Iterator[Record]:
+        """Walk the top-level array or object value by value, so each record knows its line."""
+        decoder = json.JSONDecoder()
+        is_object = self.text[self.pos] == "{"
+        closing = "}" if is_object else "]"
+        self._advance(self.pos + 1)
+        if self._skip_ws() == closing:
+            self._advance(self.pos + 1)
+            self._expect_end()
             return
-        raise InputError(f"malformed JSON: expected ',' or '{closing}'", path, _line_of(text, pos))
+        while True:
+            key = None
+            if is_object:
+                key = self._decode(decoder)
+                if self._skip_ws() != ":":
+                    raise InputError("malformed JSON: Expecting ':' delimiter", self.path, self.line)
+                self._advance(self.pos + 1)
+                self._skip_ws()
+            value_line = self.line
+            value = self._decode(decoder)
+            yield Record(value, value_line, key)
+            char = self._skip_ws()
+            if char == ",":
+                self._advance(self.pos + 1)
+                self._skip_ws()
+                continue
+            if char == closing:
+                self._advance(self.pos + 1)
+                self._expect_end()
+                return
+            raise InputError(f"malformed JSON: expected ',' or '{closing}'", self.path, self.line)
+
+    def _expect_end(self) -> None:
+        if self._skip_ws():
+            raise InputError("malformed JSON: extra data after the top-level value", self.path, self.line)
 
 
-def _skip_ws(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in " \t\r\n":
-        pos += 1
-    return pos
+class _Rest:
+    """Lines of a stream whose first part was already read into memory."""
+
+    def __init__(self, head: str, stream: IO[str]):
+        self.head = head
+        self.stream = stream
+
+    def read(self, size: int = -1) -> str:
+        if size < 0:
+            head, self.head = self.head, ""
+            return head + self.stream.read()
+        if self.head:
+            head, self.head = self.head[:size], self.head[size:]
+            return head
+        return self.stream.read(size)
+
+    def __iter__(self) -> Iterator[str]:
+        head, self.head = self.head, ""
+        if head:
+            lines = head.split("\n")
+            tail = lines.pop()
+            for line in lines:
+                yield line + "\n"
+            if tail:
+                yield tail + self.stream.readline()
+        yield from self.stream
 
 
 # Errors of the disk, not of the program: they become one line naming the output.
@@ -242,19 +381,126 @@ def _write_marker(directory: Path, kind: str) -> None:
     (directory / OUTPUT_MARKER).write_text(json.dumps({"kind": kind, "written_by": f"critstep {__version__}"}) + "\n")
 
 
+def portable_path(path: str | Path) -> str:
+    """`path` as a results file or report records it: never absolute, since results travel to
+    other machines. A file shipped inside critstep is named by its place in the package
+    (`critstep/configs/prices.yaml`); any other absolute path becomes relative to the current
+    directory (just its name where no relative path exists, e.g. across Windows drives)."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    package = Path(__file__).resolve().parent
+    if path.resolve().is_relative_to(package):
+        return path.resolve().relative_to(package.parent).as_posix()
+    try:
+        return Path(os.path.relpath(path)).as_posix()
+    except ValueError:
+        return path.name
+
+
+PathArg = str | Path | None
+
+
+def check_outputs_apart(
+    inputs: dict[str, PathArg | Sequence[PathArg]], outputs: dict[str, PathArg], output_dirs: dict[str, PathArg] | None = None
+) -> None:
+    """Refuse a run that would write over one of its own inputs, or write two outputs to one file.
+
+    Keys are what the user typed (`"PATH"`, `"--out"`, `"--cache"`); None values are skipped.
+    Paths are compared as the files they name, after following symlinks, and by device and inode
+    where both exist (so a hard link counts too). A directory written whole (`output_dirs`) is
+    refused when an input lies inside it. Devices and FIFOs are written through, never replaced,
+    so they are not compared. Called before any slow or paid work.
+    """
+    given_inputs = [(k, Path(p)) for k, v in inputs.items() if v is not None
+                    for p in ([v] if isinstance(v, (str, os.PathLike)) else v)]  # a sharded input: each file
+    given_outputs = [(k, Path(v)) for k, v in outputs.items() if v is not None]
+    for n, (out_name, out) in enumerate(given_outputs):
+        if not _replaceable(out):
+            continue
+        for in_name, source in given_inputs:
+            if _replaceable(source) and _same_file(out, source):
+                where = "" if str(source) == str(out) else f" ({source})"
+                raise OutputError(f"{out_name} is the input {in_name}{where}: refusing to overwrite it; choose another {out_name}", out)
+        for other_name, other in given_outputs[n + 1 :]:
+            if _replaceable(other) and _same_file(out, other):
+                raise OutputError(f"{out_name} and {other_name} are the same file: give them different paths", out)
+    for out_name, directory in ((k, Path(v)) for k, v in (output_dirs or {}).items() if v is not None):
+        for in_name, source in given_inputs:
+            if source.exists() and _inside(source, directory):
+                if _same_file(source, directory):
+                    raise OutputError(f"{out_name} is the input {in_name}: refusing to replace it; choose another {out_name}", directory)
+                raise OutputError(
+                    f"the input {in_name} ({source}) lies in {out_name}, which is replaced whole: it would be lost; choose another {out_name}",
+                    directory,
+                )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    ia, ib = _identity(a), _identity(b)
+    if ia is not None and ib is not None:
+        return ia == ib
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _replaceable(path: Path) -> bool:
+    """A regular file, a directory, or nothing yet: what an output would replace (not a device or FIFO)."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return True
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    target = _identity(directory)
+    real = Path(os.path.realpath(path))
+    for parent in (real, *real.parents):
+        if target is not None and _identity(parent) == target:
+            return True
+        if target is None and parent == Path(os.path.realpath(directory)):
+            return True
+    return False
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    with atomic_write(path) as f:
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows (any iterable: a generator streams) atomically, gzip/zstd-compressed by suffix;
+    the number written."""
+    from critstep.streams import compressed
+
+    n = 0
+    with atomic_write(path, "wb") as f, compressed(f, Path(path)) as text:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            text.write(_dumps(row) + "\n")
+            n += 1
+    return n
 
 
 def write_json(path: str | Path, value: Any) -> None:
     with atomic_write(path) as f:
-        json.dump(value, f, ensure_ascii=False, indent=2)
-        f.write("\n")
+        f.write(_dumps(value, indent=2) + "\n")
+
+
+def _dumps(value: Any, indent: int | None = None) -> str:
+    """JSON with text as UTF-8; a string UTF-8 cannot hold (an unpaired surrogate, which JSON input
+    may carry as an escape) keeps its escape instead, so what was read is written back exactly."""
+    text = json.dumps(value, ensure_ascii=False, indent=indent)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, indent=indent)
+    return text

@@ -60,10 +60,17 @@ def parse_labels(value: Any, path: str | Path, line: int) -> TrajectoryLabels:
     for key in ("id", "n_steps"):
         if key not in value:
             raise InputError(f"label record has no {key!r}", path, line)
+    ident = value["id"]
+    if not isinstance(ident, str) or not ident:
+        hint = f': write it as "{ident}"' if isinstance(ident, int) and not isinstance(ident, bool) else ""
+        raise InputError(f"'id' must be a non-empty string (the trajectory's id), got {ident!r}{hint}", path, line)
     n_steps = value["n_steps"]
-    if not isinstance(n_steps, int) or n_steps < 0:
+    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 0:
         raise InputError(f"n_steps must be a non-negative integer, got {n_steps!r}", path, line)
     status = value.get("status", "ok")
+    if "critical" not in value and status == "ok":
+        # Absent is not empty: "no critical steps" must be said with "critical": [].
+        raise InputError("label record has no 'critical' list (write \"critical\": [] for a trajectory without critical steps)", path, line)
     critical_raw = value.get("critical", [])
     if not isinstance(critical_raw, list):
         raise InputError("'critical' must be a list", path, line)
@@ -84,7 +91,7 @@ def parse_labels(value: Any, path: str | Path, line: int) -> TrajectoryLabels:
         critical.append(CriticalStep(step, category, str(c.get("reason", ""))))
     known = {"id", "n_steps", "plan", "critical", "status", "error"}
     return TrajectoryLabels(
-        id=str(value["id"]),
+        id=ident,
         n_steps=n_steps,
         critical=critical,
         plan=str(value.get("plan") or ""),
@@ -105,10 +112,12 @@ def read_labels(
     With trajectories, an unknown id or an `n_steps` that disagrees with the trajectory is an
     error naming the label file's line: labels for another version of the data must not be used.
     `skip_unknown` leaves labels of other trajectories out instead (scoring a part of a file).
+    A file without any usable labels is an error too: nothing downstream can work from it.
     """
     by_id = {t.id: t for t in trajectories} if trajectories is not None else None
     out: dict[str, TrajectoryLabels] = {}
-    for rec in read_records(path):
+    records = read_records(path)
+    for rec in records:
         labels = parse_labels(rec.value, path, rec.line)
         if labels.id in out:
             raise InputError(f"trajectory {labels.id!r} is labeled twice", path, rec.line)
@@ -119,10 +128,21 @@ def read_labels(
                     continue
                 raise InputError(f"labels for unknown trajectory id {labels.id!r}", path, rec.line)
             if traj.n_steps != labels.n_steps:
-                raise InputError(f"n_steps {labels.n_steps} but trajectory {labels.id!r} has {traj.n_steps} steps", path, rec.line)
+                raise InputError(_step_count_mismatch(labels, traj), path, rec.line)
         if labels.status == "ok" or include_failed:
             out[labels.id] = labels
+    if not out and not skip_unknown:  # with skip_unknown, the caller says which trajectories it looked for
+        raise InputError("no labels: the file is empty" if not records else f"no labels: all {len(records)} records are failed ones", path)
     return out
+
+
+def _step_count_mismatch(labels: TrajectoryLabels, trajectory: Trajectory) -> str:
+    source = f" in {trajectory.origin.path}" if trajectory.origin else ""
+    return (
+        f"n_steps {labels.n_steps} but trajectory {labels.id!r} has {trajectory.n_steps} steps{source} "
+        "(its assistant messages, an instruction acknowledgement excepted): these labels were made for another "
+        "version of the trajectory; label it again (critstep label) or remove this line"
+    )
 
 
 def write_labels(path: str | Path, labels: Iterable[TrajectoryLabels]) -> None:

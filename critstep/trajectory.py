@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from critstep.errors import InputError
+
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -75,6 +77,19 @@ class Origin:
     content_key: str = "content"
 
 
+def record_id(value: Any, origin: Origin, fallback: str) -> str:
+    """A record's id: a string as is, an integer as its decimal string (datasets number their
+    records), and `fallback` when absent. Anything else (a list, a float, an empty string) is an
+    error: stringified silently it would never match the id a label file gives."""
+    if value is None:
+        return fallback
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value:
+        raise InputError(f"'id' must be a non-empty string or an integer, got {value!r}", origin.path, origin.line)
+    return value
+
+
 @dataclass
 class Trajectory:
     """An id, its messages, and metadata (env, source, success, and any other record fields)."""
@@ -98,11 +113,17 @@ class Trajectory:
 
     @property
     def task(self) -> str:
-        """The first user message: where agent datasets state the task."""
-        for m in self.messages:
-            if m.role == "user":
-                return m.content
-        return ""
+        """The user message that states the task: the first one, or, where a generic instruction
+        was acknowledged ("OK", ShareGPT/AgentInstruct/ETO data), the first one after the
+        acknowledgement. That is the task as corpora that keep the instruction in the system
+        prompt present it, so features see the task, not the instruction's boilerplate."""
+        return self.messages[self.task_index].content if self.task_index is not None else ""
+
+    @property
+    def task_index(self) -> int | None:
+        """The position of the message `task` comes from, if any."""
+        start = next((i + 1 for i, m in enumerate(self.messages) if m.acknowledgement), 0)
+        return next((i for i in range(start, len(self.messages)) if self.messages[i].role == "user"), None)
 
     def steps(self) -> list[Step]:
         out: list[Step] = []
@@ -120,15 +141,16 @@ class Trajectory:
         return out
 
     def _observation(self, positions: range) -> str | None:
-        """The user/tool text between this step and the neighbouring step in one direction.
+        """The user/tool text between this step and the neighbouring assistant message in one direction.
 
         Consecutive tool results are joined, so a step that fires several tool calls sees all
-        their outputs as one observation.
+        their outputs as one observation. An acknowledgement bounds it like a step: the first step
+        reacts to the task, not to the instruction acknowledged before it.
         """
         parts: list[str] = []
         for i in positions:
             m = self.messages[i]
-            if m.is_step:
+            if m.role == "assistant":
                 break
             if m.role in ("user", "tool"):
                 parts.append(m.content)

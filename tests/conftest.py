@@ -7,9 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from critstep.runtime import configure_cpu_threads
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# As the command line does: torch threads for the free cores, idle ones asleep (a loaded CI
+# machine otherwise spends most of the suite spinning; see critstep/runtime.py).
+configure_cpu_threads()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "benchmark"

@@ -83,8 +83,8 @@ def test_compare_prices_an_answer_by_what_it_cost():
 
 def test_compare_warns_when_the_model_saw_the_compared_trajectories(tmp_path):
     from critstep.demo import SAMPLE_DIR
-    from critstep.distill.persistence import in_sample_warning
     from critstep.distill.features import FeatureConfig
+    from critstep.distill.persistence import in_sample_warning
     from critstep.distill.train import train_distilled
     from critstep.formats import read_trajectories
     from critstep.labels import read_labels

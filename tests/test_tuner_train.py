@@ -154,9 +154,9 @@ def test_config_yaml_overrides_and_errors(tmp_path):
 
 @pytest.mark.parametrize("name", ["tune-smollm2-135m-cpu.yaml", "tune-llama3.1-8b-qlora.yaml", "tune-qwen2.5-7b-qlora.yaml"])
 def test_shipped_configs_load_and_start_with_their_command(name):
-    from pathlib import Path
+    from critstep.configs import CONFIG_DIR
 
-    path = Path(__file__).resolve().parents[1] / "configs" / name
+    path = CONFIG_DIR / name
     first = path.read_text().splitlines()[0]
     assert first.startswith("# critstep tune ") or first.startswith("# accelerate launch ")
     assert f"configs/{name}" in first

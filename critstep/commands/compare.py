@@ -52,10 +52,10 @@ def _pairs(values: tuple[str, ...]) -> list[tuple[str, Path]]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random selector.")
 @click.option("--lm", default="smollm2-135m", show_default=True, help="Language model of the perplexity selector.")
 @click.option("--device", help="cpu or cuda (default: cuda if available).")
-@click.option("--compute-prices", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CPU/GPU $/hour (default: configs/compute_prices.yaml).")
-@click.option("--prices", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Oracle price table (default: configs/prices.yaml).")
+@click.option("--compute-prices", type=click.Path(dir_okay=False, path_type=Path),
+              help="CPU/GPU $/hour: a file here, else one of critstep's configs (default: configs/compute_prices.yaml).")
+@click.option("--prices", type=click.Path(dir_okay=False, path_type=Path),
+              help="Oracle price table: a file here, else one of critstep's configs (default: configs/prices.yaml).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Input format (default: detected per record).")
 def command(
     trajectories: Path,

@@ -26,7 +26,8 @@ def command(out: Path, features: str | None, tune_steps: int, max_seq_len: int, 
     """Run the whole pipeline on the bundled sample: validate, teacher labels, distill, select,
     compare, QLoRA-tune SmolLM2-135M on the distilled selection, eval loss before and after.
 
-    Needs no API key, GPU or network; about 10 minutes on 2 CPU cores.
+    Needs no API key, GPU or network; about 4 minutes on 2 free CPU cores. Each stage's expected
+    time here (from the cores and the load) is printed before it starts.
     """
     from critstep.demo import DemoOptions, live_oracle_available, run_demo
 

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import click
 
-from critstep.cli import FORMAT_OPTION
 from critstep.commands._features import cache_arg, feature_config, feature_options
+from critstep.commands._options import FORMAT_OPTION, input_argument, limit_option
 from critstep.errors import ConfigError
 
 
 @click.command("distill")
-@click.argument("traj", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@input_argument("traj")
 @click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="Teacher labels (seed_labels.jsonl schema).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model directory to write.")
 @FORMAT_OPTION
+@limit_option("labeled trajectories (in the order of the labels file)")
 @feature_options
 @click.option("--classifier", type=click.Choice(["hgb", "logreg"]), default="hgb", show_default=True, help="Gradient boosting or logistic regression.")
 @click.option("--folds", type=click.IntRange(min=0), default=5, show_default=True, help="Grouped cross-validation folds (0: skip CV).")
@@ -31,10 +32,11 @@ from critstep.errors import ConfigError
 @click.option("--suggest", "suggest_n", type=click.IntRange(min=1), help="Then list the N unlabeled trajectories of TRAJ most worth labeling next.")
 @click.option("--out-suggest", type=click.Path(dir_okay=False, path_type=Path), help="JSONL file for --suggest (rank, id, score, reason).")
 def command(
-    traj: Path,
+    traj: str,
     labels_path: Path,
     out: Path,
     fmt: str | None,
+    limit: int | None,
     embedder: str | None,
     lm: str | None,
     groups: str | None,
@@ -66,12 +68,17 @@ def command(
     from critstep.distill.metrics import format_report
     from critstep.distill.train import train_distilled
     from critstep.formats import read_trajectories
+    from critstep.io import check_outputs_apart
     from critstep.labels import read_labels
+    from critstep.streams import expand_source
 
     if (suggest_n is None) != (out_suggest is None):
         raise ConfigError("--suggest N and --out-suggest FILE go together")
+    check_outputs_apart({"TRAJ": expand_source(traj), "--labels": labels_path}, {"--out-suggest": out_suggest}, {"--out": out})
     trajectories = read_trajectories(traj, fmt)
     labels = read_labels(labels_path, trajectories)
+    if limit is not None:
+        labels = dict(list(labels.items())[:limit])
     if base_dir is not None:
         _adapt(base_dir, trajectories, labels, out, ratio, device, cache_arg(cache_dir, no_cache), as_json,
                fixed=bool(embedder or lm or groups or max_window_tokens or dtype or classifier != "hgb"))

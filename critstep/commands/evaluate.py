@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from critstep.cli import FORMAT_OPTION
+from critstep.commands._options import FORMAT_OPTION
 
 
 @click.command("evaluate")

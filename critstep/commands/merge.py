@@ -17,6 +17,8 @@ def command(adapter: Path, out_dir: Path, base_model: str | None) -> None:
     \b
     critstep merge runs/smol --out runs/smol-merged
     """
+    from critstep.io import check_outputs_apart
     from critstep.tuner import merge_adapter
 
+    check_outputs_apart({"ADAPTER": adapter, "--base-model": base_model}, {}, {"--out": out_dir})
     click.echo(f"wrote {merge_adapter(adapter, out_dir, base_model)}")

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import click
 
-from critstep.cli import FORMAT_OPTION
 from critstep.commands._features import cache_arg, feature_options
+from critstep.commands._options import FORMAT_OPTION, LIMIT_OPTION, input_argument
 from critstep.errors import ConfigError
 
 SELECTOR_NAMES = ["distilled", "cascade", "oracle", "all", "random", "perplexity"]
 
 
 @click.command("select")
-@click.argument("traj", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@input_argument("traj")
 @click.option("--selector", "name", type=click.Choice(SELECTOR_NAMES), default="distilled", show_default=True)
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Distilled model directory (from `critstep distill`). [default: the model shipped with critstep]")
@@ -32,11 +32,22 @@ SELECTOR_NAMES = ["distilled", "cascade", "oracle", "all", "random", "perplexity
 @click.option("--oracle-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Oracle/cascade: answer cache (default: $CRITSTEP_CACHE/oracle/cache.jsonl).")
 @click.option("--max-cost", type=float, default=None, help="Oracle: stop before spending more than this many dollars.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output JSONL: trajectories with critical_steps, step_scores and per-message flags.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Output: a JSONL file (.jsonl, .jsonl.gz, .jsonl.zst) of trajectories with critical_steps, step_scores and "
+                   "per-message flags, or a directory that gets one shard per input shard (same names).")
 @FORMAT_OPTION
+@LIMIT_OPTION
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Trajectories per batch: memory holds one batch, and both engines cut the same batches.")
+@click.option("--engine", type=click.Choice(["plain", "ray"]), default="plain", show_default=True,
+              help="plain: this process; ray: a Ray Data actor pool (needs critstep[ray]).")
+@click.option("--address", default=None, help="Ray: cluster to join (auto, ray://head:10001); default: a local Ray on this machine.")
+@click.option("--num-workers", type=click.IntRange(min=1), default=1, show_default=True, help="Ray: actors, each loading the models once.")
+@click.option("--num-gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Ray: GPUs per actor (the models then run on CUDA unless --device says otherwise).")
 @feature_options
 def command(
-    traj: Path,
+    traj: str,
     name: str,
     model_dir: Path | None,
     ratio: float,
@@ -51,6 +62,12 @@ def command(
     max_cost: float | None,
     out: Path,
     fmt: str | None,
+    limit: int | None,
+    batch_size: int,
+    engine: str,
+    address: str | None,
+    num_workers: int,
+    num_gpus_per_worker: float,
     embedder: str | None,
     lm: str | None,
     groups: str | None,
@@ -62,6 +79,9 @@ def command(
 ) -> None:
     """Select the critical steps of every trajectory of TRAJ and write them to OUT.
 
+    TRAJ is a file, a directory or a quoted glob of shards (JSON, JSONL, .gz, .zst, Parquet),
+    read as a stream. OUT is a file, or a directory with one output shard per input shard.
+
     \b
     Examples:
       critstep select corpus.jsonl --out selected.jsonl
@@ -69,13 +89,14 @@ def command(
       critstep select corpus.jsonl --selector cascade --budget 10% --out cascade.jsonl
       critstep select corpus.jsonl --selector oracle --oracle-model gpt-4o --max-cost 5 --out oracle.jsonl
       critstep select corpus.jsonl --selector random --seed 1 --out random.jsonl
+      critstep select 'shards/*.jsonl.zst' --model models/distilled --out selected/ --engine ray --num-workers 4
 
     The oracle leaves out trajectories it could not label; the cascade keeps the distilled choice for them.
     """
-    from collections import Counter
-
-    from critstep.formats import read_trajectories, write_trajectories
+    from critstep.formats import TrajectoryReader
+    from critstep.io import check_outputs_apart
     from critstep.selector import build_selector
+    from critstep.sharded import select_to
 
     cache = cache_arg(cache_dir, no_cache)
     if (threshold or mode) and name not in ("distilled", "cascade"):
@@ -106,16 +127,35 @@ def command(
         options = {"seed": seed}
     else:
         options = {}
+    if engine != "ray" and (address or num_workers != 1 or num_gpus_per_worker):
+        raise ConfigError("--address/--num-workers/--num-gpus-per-worker apply to --engine ray only")
+    reader = TrajectoryReader(traj, fmt, limit=limit)
+    check_outputs_apart({"TRAJ": reader.files}, {"--out": out, "--oracle-cache": _oracle_cache(name, oracle_cache)})
     selector = build_selector(name, **options)
-    trajectories = read_trajectories(traj, fmt)
-    selections = selector.select(trajectories, ratio=ratio)
-    write_trajectories(out, trajectories, selections)
-    steps = sum(t.n_steps for t in trajectories)
-    chosen = sum(len(s.steps) for s in selections.values())
-    envs = Counter(t.env for t in trajectories)
+    if engine == "ray":
+        from critstep.ray_engine import RayOptions, RaySelections, import_ray
+
+        import_ray()
+        if not selector.streamable:
+            raise ConfigError(f"--engine ray runs selectors that choose per trajectory; the {name} selector needs the whole input in one process")
+        ray_options = RayOptions(address, num_workers, num_gpus_per_worker)
+        with RaySelections(reader, (name, options), ratio, batch_size, ray_options) as remote:
+            totals = select_to(reader, out, remote, batch_size)
+    else:
+        totals = select_to(reader, out, lambda batch: selector.select(batch, ratio=ratio), batch_size if selector.streamable else None)
     if name == "cascade":
         run = selector.run_
         click.echo(f"cascade: {len(run.answered)} trajectories answered by the oracle, {len(run.failed)} failed, "
                    f"{len(run.unsent)} not sent; ${run.cost_usd:.4f} spent ({budget} budget)")
-    click.echo(f"{name}: selected {chosen:,} of {steps:,} steps ({chosen / max(1, steps):.1%}) in {len(trajectories):,} trajectories "
-               f"({', '.join(f'{e} {n}' for e, n in sorted(envs.items()))}); wrote {out}")
+    wrote = f"{len(totals.outputs):,} shards to {out}" if len(totals.outputs) > 1 or out.is_dir() else str(out)
+    click.echo(f"{name}: selected {totals.chosen:,} of {totals.steps:,} steps ({totals.chosen / max(1, totals.steps):.1%}) in "
+               f"{totals.trajectories:,} trajectories ({', '.join(f'{e} {n}' for e, n in sorted(totals.envs.items()))}); wrote {wrote}")
+
+
+def _oracle_cache(name: str, path: Path | None) -> Path | None:
+    """The answer cache the oracle (or the cascade's oracle) appends to, if it runs."""
+    if name not in ("oracle", "cascade"):
+        return None
+    from critstep.selector.oracle import OracleConfig
+
+    return OracleConfig(cache_path=path).resolved_cache_path()

@@ -8,16 +8,18 @@ from pathlib import Path
 
 import click
 
+from critstep.commands._options import input_argument
+
 # Flags that override the config key of the same name (None = not given: the config file decides).
 _OVERRIDES = ("mode", "max_steps", "max_seq_len", "epochs", "lr", "grad_accum", "pack_tokens", "lora_r", "lora_alpha",
               "eval_fraction", "seed", "chat_template")
 
 
 @click.command("tune")
-@click.argument("selected", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@input_argument("selected")
 @click.option("--model", default=None, help="Base model: a built-in name (smollm2-135m), a HF id or a local directory.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Directory for the adapter, logs and checkpoint.")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="YAML config (see configs/tune-*.yaml).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="YAML config: a file here, else one of critstep's configs (configs/tune-*.yaml).")
 @click.option("--mode", type=click.Choice(["qlora", "lora", "full"]), default=None, help="qlora (4-bit NF4 base), lora, or full finetuning.")
 @click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides epochs).")
 @click.option("--max-seq-len", type=int, default=None, help="Longest training window in tokens.")
@@ -38,7 +40,7 @@ _OVERRIDES = ("mode", "max_steps", "max_seq_len", "epochs", "lr", "grad_accum", 
 @click.option("--no-resume", is_flag=True, help="Start afresh even if OUT holds a checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(
-    selected: Path,
+    selected: str,
     model: str | None,
     out_dir: Path | None,
     config_path: Path | None,
@@ -49,7 +51,8 @@ def command(
     quiet: bool,
     **flags: object,
 ) -> None:
-    """Finetune MODEL on the selected steps of SELECTED (a `critstep select` output).
+    """Finetune MODEL on the selected steps of SELECTED (a `critstep select` output: a file, or a
+    directory or quoted glob of its shards).
 
     The whole trajectory stays in the context; the loss is computed on the selected steps only.
     Writes a PEFT adapter, the tokenizer, the resolved config and data statistics to OUT, and
@@ -60,6 +63,8 @@ def command(
     critstep tune selected.jsonl --model smollm2-135m --dump-supervised spans.jsonl
     """
     from critstep.errors import ConfigError
+    from critstep.io import check_outputs_apart
+    from critstep.streams import expand_source
     from critstep.tuner import TuneConfig, tune
     from critstep.tuner import dump_supervised as dump
     from critstep.tuner.config import parse_override
@@ -70,6 +75,7 @@ def command(
         overrides["model"] = model
     config = TuneConfig.from_yaml(config_path, overrides)
     if dump_supervised is not None:
+        check_outputs_apart({"SELECTED": expand_source(selected), "--config": config_path, "--eval": eval_path}, {"--dump-supervised": dump_supervised})
         n = dump(selected, config, dump_supervised)
         click.echo(f"wrote the supervised spans of {n} trajectories to {dump_supervised}")
         return

@@ -19,11 +19,13 @@ from critstep.compare.report import Row, build_rows, render_markdown, write_repo
 from critstep.compare.run import SelectorResult, read_predictions, restrict, timed
 from critstep.errors import InputError
 from critstep.formats import read_trajectories
-from critstep.io import claim_output_dir
+from critstep.io import check_outputs_apart, claim_output_dir, portable_path
 from critstep.labels import TrajectoryLabels, read_labels, selections_from_labels
 from critstep.selection import Selection
 from critstep.selector.cascade import Budget
 from critstep.trajectory import Trajectory
+
+REPORT_FILES = ("report.json", "report.md", "cost_vs_f1.png")
 
 
 @dataclass
@@ -64,12 +66,15 @@ def run_compare(
     from critstep.selector.oracle.config import OracleConfig
     from critstep.selector.oracle.pricing import load_prices
 
+    check_outputs_apart(
+        {"TRAJECTORIES": trajectories_path, "--labels": labels_path, "--oracle-labels": options.oracle_labels,
+         "--prices": options.prices, "--compute-prices": options.compute_prices, **{f"--pred {n}": p for n, p in options.preds}},
+        {"--oracle-cache": options.oracle_cache, **{f"--out's {name}": out / name for name in REPORT_FILES}},
+    )
     claim_output_dir(out, "compare")  # before the slow work, not after
     everything = read_trajectories(trajectories_path, options.format)
     gold_labels = read_labels(labels_path, everything)
-    trajs = [t for t in everything if t.id in gold_labels]
-    if not trajs:
-        raise InputError(f"none of the {len(everything)} trajectories of {trajectories_path} is labeled here", labels_path)
+    trajs = [t for t in everything if t.id in gold_labels]  # read_labels: not empty, every id known
     if len(trajs) < len(everything):
         echo(f"comparing on the {len(trajs)} labeled trajectories of {len(everything)}")
     ids = [t.id for t in trajs]
@@ -82,7 +87,7 @@ def run_compare(
 
     # Collected predictions are read first: a bad file should fail before minutes of selection.
     collected = [
-        SelectorResult(name, restrict(read_predictions(path, everything), ids, name, path), len(trajs), notes=[f"collected from {path}"])
+        SelectorResult(name, restrict(read_predictions(path, everything), ids, name, path), len(trajs), notes=[f"collected from {portable_path(path)}"])
         for name, path in options.preds
     ]
     results: list[SelectorResult] = []
@@ -108,8 +113,8 @@ def run_compare(
 
     rows = build_rows(results, gold_labels, {t.id: t for t in trajs}, compute, evaluate_selections)
     meta = {
-        "trajectories": str(trajectories_path),
-        "labels": str(labels_path),
+        "trajectories": portable_path(trajectories_path),
+        "labels": portable_path(labels_path),
         "n_trajectories": len(trajs),
         "n_steps": sum(t.n_steps for t in trajs),
         "ratio": options.ratio,
@@ -171,7 +176,7 @@ def _oracle(trajs: Sequence[Trajectory], ids: list[str], recorded: Mapping[str, 
 
         run, seconds = timed(lambda: OracleLabeler(config).label(trajs))
         recorded = run.labels
-    source = options.oracle_labels or "the live oracle"
+    source = portable_path(options.oracle_labels) if options.oracle_labels else "the live oracle"
     selections = restrict(selections_from_labels(recorded), ids, f"oracle labels ({source})", options.oracle_labels)
     by_id = {t.id: t for t in trajs}
     pricer.estimated = 0
@@ -264,7 +269,7 @@ def _cascades(
     if recorded is not None:
         costs = {i: pricer(lab, by_id[i]) for i, lab in recorded.items() if i in by_id}
         oracle: Any = RecordedOracle(recorded, costs)
-        source = f"recorded answers from {options.oracle_labels}"
+        source = f"recorded answers from {portable_path(options.oracle_labels)}"
     else:
         from critstep.selector.oracle.labeler import OracleLabeler
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from critstep.errors import InputError
-from critstep.trajectory import ROLES, Message, Origin, Trajectory
+from critstep.trajectory import ROLES, Message, Origin, Trajectory, record_id
 
 MESSAGE_KEYS = ("messages", "traj")
 _KNOWN = {"role", "content", "tool_calls", "tool_call_id", "name", "weight"}
@@ -26,7 +26,7 @@ def parse(value: dict[str, Any], origin: Origin, fallback_id: str) -> Trajectory
     if "success" not in metadata and "reward" in metadata:
         metadata["success"] = metadata["reward"] == 1
     return Trajectory(
-        id=str(value.get("id") or _tau_id(value) or fallback_id),
+        id=record_id(value.get("id"), origin, _tau_id(value) or fallback_id),
         messages=messages,
         metadata=metadata,
         origin=Origin("openai", origin.path, origin.line, messages_key=key),
@@ -46,7 +46,7 @@ def _parse_message(m: Any, i: int, origin: Origin) -> Message:
     if role not in ROLES:
         raise InputError(f"message {i} has unknown role {role!r} (expected one of {', '.join(ROLES)})", origin.path, origin.line)
     content = m.get("content")
-    tool_calls = m.get("tool_calls") or None
+    tool_calls = _tool_calls(m.get("tool_calls"), i, role, origin)
     if content is None and not tool_calls:
         raise InputError(f"message {i} ({role}) has neither content nor tool_calls", origin.path, origin.line)
     if isinstance(content, list):  # content parts: keep the text ones
@@ -63,6 +63,30 @@ def _parse_message(m: Any, i: int, origin: Origin) -> Message:
         train=None if weight is None else bool(weight),
         extra={k: v for k, v in m.items() if k not in _KNOWN},
     )
+
+
+def _tool_calls(value: Any, i: int, role: str, origin: Origin) -> list[dict[str, Any]] | None:
+    """OpenAI `tool_calls`: a list of calls, each naming its function (`{"function": {"name",
+    "arguments"}}`, or the flat `{"name", "arguments"}`), arguments as a JSON string or an object."""
+    if value is None or value == []:
+        return None
+
+    def bad(what: str) -> InputError:
+        return InputError(f"message {i} ({role}): {what}", origin.path, origin.line)
+
+    if not isinstance(value, list):
+        raise bad(f"tool_calls must be a list of calls, got {type(value).__name__}")
+    for j, call in enumerate(value):
+        fn = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(fn, dict):
+            raise bad(f"tool call {j} is not an object with a function, got {call!r:.60}")
+        name = fn.get("name")
+        if not isinstance(name, str) or not name:
+            raise bad(f"tool call {j} has no function name")
+        arguments = fn.get("arguments")
+        if arguments is not None and not isinstance(arguments, (str, dict)):
+            raise bad(f"tool call {j} ({name}) has arguments of type {type(arguments).__name__} (expected a JSON string or an object)")
+    return value
 
 
 def render(trajectory: Trajectory, flags: list[bool] | None) -> dict[str, Any]:

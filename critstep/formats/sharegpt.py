@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from critstep.errors import InputError
-from critstep.trajectory import Message, Origin, Trajectory
+from critstep.trajectory import Message, Origin, Trajectory, record_id
 
 ROLE_MAP = {
     "human": "user",
@@ -60,17 +60,17 @@ def parse(value: dict[str, Any], origin: Origin, fallback_id: str) -> Trajectory
                 extra={k: v for k, v in t.items() if k not in (role_key, content_key, "loss")},
             )
         )
-    _mark_acknowledgement(messages)
+    mark_acknowledgement(messages)
     metadata = {k: v for k, v in value.items() if k not in ("conversations", "id")}
     return Trajectory(
-        id=str(value.get("id") or fallback_id),
+        id=record_id(value.get("id"), origin, fallback_id),
         messages=messages,
         metadata=metadata,
         origin=Origin("sharegpt", origin.path, origin.line, "conversations", role_key, content_key),
     )
 
 
-def _mark_acknowledgement(messages: list[Message]) -> None:
+def mark_acknowledgement(messages: list[Message]) -> None:
     """Flag the first assistant turn if it only acknowledges the instruction before the task."""
     first = next((i for i, m in enumerate(messages) if m.role == "assistant"), None)
     if first is None or first + 1 >= len(messages) or messages[first + 1].role != "user":

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from critstep.errors import InputError
-from critstep.trajectory import Message, Origin, Trajectory
+from critstep.trajectory import Message, Origin, Trajectory, record_id
 
 AGENT_PREFIX = "> "
 
@@ -27,7 +27,7 @@ def parse(value: str | dict[str, Any], origin: Origin, fallback_id: str) -> Traj
     metadata: dict[str, Any] = {}
     ident = fallback_id
     if isinstance(value, dict):
-        ident = str(value.get("id") or value.get("name") or fallback_id)
+        ident = record_id(value["id"] if value.get("id") is not None else value.get("name"), origin, fallback_id)
         metadata = {k: v for k, v in value.items() if k not in ("traj", "id", "name")}
         if "result" in metadata and "success" not in metadata:
             metadata["success"] = bool(metadata["result"])

@@ -20,6 +20,10 @@ class Selector(ABC):
     """
 
     name: str = "selector"
+    # True when a trajectory's selection does not depend on which other trajectories are passed
+    # with it: the input may then be streamed in batches and spread over Ray actors. The cascade
+    # (a budget over the whole input) and the oracle (one cost cap, one progress bar) say False.
+    streamable: bool = True
 
     @abstractmethod
     def select(self, trajectories: Sequence[Trajectory], ratio: float = DEFAULT_RATIO) -> dict[str, Selection]: ...

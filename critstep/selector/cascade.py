@@ -207,6 +207,7 @@ class CascadeSelector(Selector):
     """
 
     name = "cascade"
+    streamable = False
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from critstep.configs import resolve_config
 from critstep.errors import ConfigError
 
 MODES = ("qlora", "lora", "full")
@@ -86,10 +87,13 @@ class TuneConfig:
         """The YAML file's values (if any), then `overrides` (None values ignored) on top."""
         values: dict[str, Any] = {}
         if path is not None:
+            path = resolve_config(path)  # here, else among critstep's shipped configs
             try:
-                loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
             except FileNotFoundError:
                 raise ConfigError(f"{path}: no such config file") from None
+            except OSError as e:
+                raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
             except yaml.YAMLError as e:
                 raise ConfigError(f"{path}: invalid YAML: {e}") from None
             if loaded is not None and not isinstance(loaded, dict):

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from critstep.errors import InputError
-from critstep.io import atomic_write, claim_output_dir, write_json, write_jsonl
-from critstep.models import load_tokenizer
+from critstep.io import atomic_write, claim_output_dir, portable_path, write_json, write_jsonl
+from critstep.models import CAUSAL_LMS, causal_lm_path, load_tokenizer
 from critstep.trajectory import Trajectory
 from critstep.tuner.config import TuneConfig
 from critstep.tuner.data import build_windows, load_selection, render_all, split, supervised_texts
@@ -60,7 +60,7 @@ class TuneResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "out_dir": str(self.out_dir),
+            "out_dir": portable_path(self.out_dir),
             "steps": self.steps,
             "eval_loss_before": self.eval_loss_before,
             "eval_loss_after": self.eval_loss_after,
@@ -298,9 +298,24 @@ def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> 
     return json.loads((path / "state.json").read_text())
 
 
+def _name_builtin_base(out: Path, model: str) -> None:
+    """PEFT records where the base model was loaded from: for a built-in, critstep's cache on this
+    machine. Record the built-in's name instead, which `critstep merge` resolves on any machine."""
+    if model not in CAUSAL_LMS:
+        return
+    local = str(causal_lm_path(model))
+    for name in ("adapter_config.json", "README.md"):
+        path = out / name
+        if path.exists():
+            text = path.read_text(encoding="utf-8")
+            with atomic_write(path) as f:
+                f.write(text.replace(local, model))
+
+
 def _save_outputs(out: Path, model: Any, state: dict[str, Any], tokenizer: Any, config: TuneConfig, result: TuneResult) -> None:
     """The PEFT adapter (or full model), tokenizer, resolved config, data stats and the result."""
     model.save_pretrained(out, state_dict=state)
+    _name_builtin_base(out, config.model)
     tokenizer.save_pretrained(out)
     with atomic_write(out / CONFIG_FILE) as f:
         f.write(config.to_yaml())

@@ -19,12 +19,13 @@ from critstep.trajectory import Trajectory
 
 
 def content_key(trajectory: Trajectory, *settings: object) -> str:
-    """A hash of everything the features depend on: the messages as the model sees them and the settings."""
-    payload = json.dumps(
-        [settings, [[m.role, m.text(), m.is_step] for m in trajectory.messages]],
-        ensure_ascii=False,
-        default=str,
-    )
+    """A hash of everything the features depend on: the messages as the model sees them, the settings,
+    and which message states the task where that is not the first user message (after an acknowledgement)."""
+    parts: list[object] = [settings, [[m.role, m.text(), m.is_step] for m in trajectory.messages]]
+    first_user = next((i for i, m in enumerate(trajectory.messages) if m.role == "user"), None)
+    if trajectory.task_index != first_user:
+        parts.append({"task": trajectory.task_index})
+    payload = json.dumps(parts, ensure_ascii=False, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

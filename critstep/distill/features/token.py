@@ -43,13 +43,15 @@ class Rendered:
 def render(
     trajectory: Trajectory, tokenizer: Any, message_tokens: int = DEFAULT_MESSAGE_TOKENS, step_tokens: int = DEFAULT_STEP_TOKENS
 ) -> Rendered:
-    """ChatML rendering (SmolLM2's template) of the non-system messages, each cut to its budget."""
+    """ChatML rendering (SmolLM2's template) of the messages from the task on, each cut to its budget:
+    the system prompt, or an instruction and its acknowledgement, are left out alike."""
     ids: list[int] = []
     spans: list[tuple[int, int]] = []
     step_ids: list[list[int]] = []
     outcome_ends: list[int] = []
-    for m in trajectory.messages:
-        if m.role == "system":
+    task = trajectory.task_index or 0
+    for i, m in enumerate(trajectory.messages):
+        if m.role == "system" or (i < task and not m.is_step):
             continue
         header = tokenizer(f"<|im_start|>{m.role}\n", add_special_tokens=False).input_ids
         budget = step_tokens if m.is_step else message_tokens

@@ -1,6 +1,6 @@
 """Dollars from tokens: a dated, user-editable price table, and an offline token estimate.
 
-The table is YAML (`configs/prices.yaml` at the repository root by default) so a user can fix a
+The table is YAML (critstep's own `configs/prices.yaml` by default) so a user can fix a
 price or add a model without touching code. Unknown models cost 0: that is right for local
 servers, and the run summary says so, so a missing price for a paid model does not go unnoticed.
 """
@@ -15,9 +15,11 @@ from typing import Any
 
 import yaml
 
+from critstep.configs import CONFIG_DIR, resolve_config
 from critstep.errors import ConfigError
+from critstep.io import portable_path
 
-DEFAULT_PRICES = Path(__file__).resolve().parents[3] / "configs" / "prices.yaml"
+DEFAULT_PRICES = CONFIG_DIR / "prices.yaml"
 PRICE_KEYS = ("input", "output", "batch_input", "batch_output")
 
 # No OpenAI tokenizer is available offline (tiktoken fetches its BPE files from the network), so
@@ -68,12 +70,15 @@ class PriceTable:
 
 
 def load_prices(path: str | Path | None = None) -> PriceTable:
-    """Read the price table: `path`, else `$CRITSTEP_PRICES`, else configs/prices.yaml."""
-    path = Path(path or os.environ.get("CRITSTEP_PRICES") or DEFAULT_PRICES)
+    """Read the price table: `path`, else `$CRITSTEP_PRICES`, else critstep's configs/prices.yaml
+    (a relative path is looked up in the current directory, then among critstep's configs)."""
+    path = resolve_config(path or os.environ.get("CRITSTEP_PRICES") or DEFAULT_PRICES)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: price table not found (use --prices FILE or CRITSTEP_PRICES)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the price table: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
@@ -95,4 +100,4 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
     per_tokens = data.get("per_tokens", 1_000_000)
     if not isinstance(per_tokens, int) or per_tokens <= 0:
         raise ConfigError(f"{path}: 'per_tokens' must be a positive integer")
-    return PriceTable(models, str(data.get("as_of", "unknown")), per_tokens, str(path))
+    return PriceTable(models, str(data.get("as_of", "unknown")), per_tokens, portable_path(path))

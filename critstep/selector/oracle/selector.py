@@ -28,6 +28,7 @@ class OracleSelector(Selector):
     """
 
     name = "oracle"
+    streamable = False
 
     def __init__(self, **options: Any):
         self.config = OracleConfig(**options)
