@@ -8,7 +8,10 @@ The protocol was fixed before any candidate ran:
 - report: 5-fold cross-validation grouped by trajectory and stratified by env, repeated with
   3 shuffles (seeds 0, 1, 2); mean ± std (and range) over the repeats. Every fold model learns
   its calibration, threshold, count scale and default mode from inner folds of its own training
-  part, so no trajectory is scored by a model that saw its labels.
+  part, so no trajectory is scored by a model that saw its labels. For the shipped recipe ("gbm")
+  this is the very cross_validate call `critstep distill --repeats 3` makes (same folds, seeds and
+  features): its report figures are the shipped model's card
+  (critstep/data/models/distilled-selector-seed306/README.md and model.json "cv").
 - teacher: the second, independent labeling of 44 seed trajectories against the first (micro F1,
   per env, a 95% bootstrap interval over trajectories); each candidate is scored on the same 44
   from its first-repeat out-of-fold predictions, so the comparison is paired.

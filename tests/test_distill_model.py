@@ -170,3 +170,6 @@ def test_distill_base_adapts_the_shipped_model_to_an_env(seed_slice: Path, tmp_p
     code, output = run("distill", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--base", "nowhere",
                        "--out", str(tmp_path / "x"))
     assert code == 1 and "no such model directory" in output
+    code, output = run("distill", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--base", str(out),
+                       "--out", str(out))
+    assert code == 1 and "--base" in output and "Traceback" not in output and load_model(out).adapters  # the base is left as it was

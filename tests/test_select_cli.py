@@ -26,6 +26,7 @@ def data(shared: Path, tmp_path_factory) -> Path:
                                       "--features", "structural", "--folds", "2", "--classifier", "logreg", "--cache-dir", str(d / "cache")])
     assert result.exit_code == 0, result.output
     assert "2-fold CV by trajectory, threshold mode" in result.output and "model saved" in result.output
+    assert "cross-validation: 100%" in result.output and "2/2" in result.output  # the progress bar over the folds
     return d
 
 

@@ -74,7 +74,11 @@ def command(
 
     if (suggest_n is None) != (out_suggest is None):
         raise ConfigError("--suggest N and --out-suggest FILE go together")
-    check_outputs_apart({"TRAJ": expand_source(traj), "--labels": labels_path}, {"--out-suggest": out_suggest}, {"--out": out})
+    if base_dir is not None and suggest_n is not None:
+        raise ConfigError("--suggest ranks with a model trained here; run it without --base")
+    base_input = None if base_dir in (None, "shipped") else Path(base_dir)
+    check_outputs_apart({"TRAJ": expand_source(traj), "--labels": labels_path, "--base": base_input}, {"--out-suggest": out_suggest},
+                        {"--out": out})
     trajectories = read_trajectories(traj, fmt)
     labels = read_labels(labels_path, trajectories)
     if limit is not None:
