@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--classifier", default="hgb")
-    ap.add_argument("--groups", default="semantic,structural", help="feature groups (default: the distilled selector's default)")
+    ap.add_argument("--groups", default=",".join(FeatureConfig().groups), help="feature groups (default: the distilled selector's default)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
 
@@ -72,7 +72,8 @@ def main() -> None:
             clf = StepClassifier(classifier=args.classifier, ratio=args.ratio, random_state=seed).fit(data.X[train], data.y[train], groups=data.groups[train])
             fit_seconds.append(time.perf_counter() - start)
             index = [data.index[i] for i in test]
-            distilled = selections_from_proba(index, clf.predict_proba(data.X[test])[:, 1], args.ratio)
+            # the distilled selection the cascade starts from: the fold model's default mode, as `critstep select`
+            distilled = selections_from_proba(index, clf.predict_proba(data.X[test])[:, 1], args.ratio, clf.policy_, clf.policy_.mode)
             fold_trajs = [by_id[tid] for tid in dict.fromkeys(tid for tid, _ in index)]
             oracle = RecordedOracle({t.id: labels[t.id] for t in fold_trajs}, usd)
             for share in SHARES:

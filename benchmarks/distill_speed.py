@@ -1,7 +1,10 @@
 """Speed, memory and cost of the distilled selector's features on this machine.
 
-Scores a random sample of corpus trajectories with each feature group, uncached (so the work is
-really done), and projects to 1,000 corpus trajectories. The token-feature pass is compared
+Scores a random sample of corpus trajectories with each feature group (structural, progress,
+semantic; token and hidden on a smaller sample), uncached (so the work is really done), and
+projects to 1,000 corpus trajectories; the default groups' sum is held against the 10-minute
+target. On a shared machine absolute speeds swing with the load, so the run also reports each
+group's time per step relative to the structural group's, measured side by side. The token-feature pass is compared
 with the small LM's raw forward throughput measured in the same run: the same inputs replayed
 as bare forward passes. The window table shows how many tokens each window size makes the LM read (its cost).
 Cost per 1,000 trajectories is set against GPT-4o labeling from the project price table.
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from critstep.distill.features import FeatureConfig, FeatureExtractor, semantic, structural, token
+from critstep.distill.features import FeatureConfig, FeatureExtractor, hidden, progress, semantic, structural, token
 from critstep.formats import read_trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +115,10 @@ def main() -> None:
     for t in sample:
         structural.structural_features(t)
     report("structural", time.perf_counter() - start, sample)
+    start = time.perf_counter()
+    for t in sample:
+        progress.progress_features(t)
+    report("progress", time.perf_counter() - start, sample)
 
     fx = FeatureExtractor(FeatureConfig(), cache=None)
     load = time.perf_counter()
@@ -141,6 +148,16 @@ def main() -> None:
           f"{sample_tokens:.0f} tokens per trajectory on the 40-trajectory sample -> "
           f"{result['groups']['token']['minutes_per_1k_trajectories']:.1f} min per 1,000")
 
+    reader = fx.reader()
+    reader.tokens_processed = 0
+    start = time.perf_counter()
+    states = reader.read(token_sample)
+    seconds = time.perf_counter() - start
+    assert all(h.shape[1] == len(hidden.READOUTS) for h in states)
+    hidden_rate = reader.tokens_processed / seconds
+    ctx_tokens = sum(window_tokens(sample, scorer.tokenizer, args.window)[:1]) / len(sample)
+    report("hidden", seconds, token_sample, per_1k=ctx_tokens * 1000 / hidden_rate / 60, tokens_per_s=hidden_rate, tokens_per_trajectory=ctx_tokens)
+
     print("\nwindow size vs LM cost (tokens read per trajectory; same 40-trajectory sample):")
     windows = {}
     for w in (128, 256, 512, 1024):
@@ -152,15 +169,17 @@ def main() -> None:
     result["windows"] = windows
 
     g = result["groups"]
-    fast = g["structural"]["minutes_per_1k_trajectories"] + g["semantic"]["minutes_per_1k_trajectories"]
+    fast = sum(g[name]["minutes_per_1k_trajectories"] for name in FeatureConfig().groups)  # the default groups
     full = fast + g["token"]["minutes_per_1k_trajectories"]
+    result["ratios_to_structural"] = {name: g["structural"]["steps_per_s"] / row["steps_per_s"] for name, row in g.items()}
     compute = yaml.safe_load((ROOT / "critstep" / "configs" / "compute_prices.yaml").read_text())["cpu"]["usd_per_hour"]
     result["projection_1k"] = {
-        "embeddings_structural_minutes": fast,
+        "default_features": list(FeatureConfig().groups),
+        "default_features_minutes": fast,
         "all_features_minutes": full,
-        "targets": {"embeddings_structural_minutes": 10, "token_minutes": 30},
+        "targets": {"default_features_minutes": 10, "token_minutes": 30},
         "cpu_usd_per_hour": compute,
-        "distilled_usd_per_1k_embeddings_structural": fast / 60 * compute,
+        "distilled_usd_per_1k_default_features": fast / 60 * compute,
         "distilled_usd_per_1k_all_features": full / 60 * compute,
     }
     try:
@@ -170,9 +189,10 @@ def main() -> None:
         result["gpt4o"] = {"sync_usd_per_1k": 7.0, "batch_usd_per_1k": 3.6}
         source = "the issue's estimate (pricing module absent)"
     p = result["projection_1k"]
-    print(f"\n1,000 corpus trajectories: embeddings+structural {fast:.1f} min (target < 10), token features "
+    print("time per step relative to structural (same run): " + ", ".join(f"{k} {v:.0f}x" for k, v in result["ratios_to_structural"].items()))
+    print(f"\n1,000 corpus trajectories: default features ({'+'.join(FeatureConfig().groups)}) {fast:.1f} min (target < 10), token features "
           f"{g['token']['minutes_per_1k_trajectories']:.1f} min (target < 30), all {full:.1f} min")
-    print(f"cost per 1,000: distilled ${p['distilled_usd_per_1k_embeddings_structural']:.3f} (emb+struct) / "
+    print(f"cost per 1,000: distilled ${p['distilled_usd_per_1k_default_features']:.3f} (default features) / "
           f"${p['distilled_usd_per_1k_all_features']:.3f} (all) of CPU at ${compute}/h; GPT-4o "
           f"${result['gpt4o']['sync_usd_per_1k']:.2f} sync, ${result['gpt4o']['batch_usd_per_1k']:.2f} batch ({source})")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,11 +30,12 @@ import time
 from pathlib import Path
 
 from critstep.configs import resolve_config
+from critstep.distill.persistence import default_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "benchmark"
 RESULTS = REPO / "benchmarks" / "results" / "scale.json"
-SHIPPED_MODEL = REPO / "models" / "distilled-seed126"
+SHIPPED_MODEL = default_model_dir()
 PEAK = """
 import json, resource, sys, time
 from critstep.cli import cli

@@ -34,7 +34,7 @@ BASELINES = ("perplexity", "random", "all")
 @dataclass
 class DemoOptions:
     out: Path = Path("demo-out")
-    features: str = "semantic,structural"
+    features: str | None = None  # feature groups of the distilled selector (default: FeatureConfig's)
     tune_steps: int = 30
     max_seq_len: int = 1024
     heldout_every: int = 4  # every n-th trajectory of each env is held out
@@ -122,17 +122,17 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = print) -> DemoR
         result.outputs["teacher labels"] = out / "labels.jsonl"
 
     with stage("distill a selector from the teacher labels"):
-        groups = parse_groups(options.features)
+        groups = parse_groups(options.features) if options.features else FeatureConfig().groups
         train_labels = {t.id: labels[t.id] for t in train if t.id in labels}
         report = train_distilled(train, train_labels, out / "distilled", features=FeatureConfig(groups=groups), folds=min(5, len(train_labels)))
-        result.cv_f1 = {mode: report["cv"][mode]["f1"] for mode in ("ratio", "threshold")}
+        result.cv_f1 = {mode: report["cv"][mode]["f1"] for mode in ("default", "ratio")}
         echo(f"    features: {', '.join(groups)}; {report['training_data']['steps']} steps of {len(train_labels)} trajectories")
         echo(f"    grouped {report['cv']['folds']}-fold cross-validation F1 against the teacher: "
-             f"{result.cv_f1['ratio']:.3f} (top 30%), {result.cv_f1['threshold']:.3f} (threshold mode)")
+             f"{result.cv_f1['default']:.3f} (the model's own mode, {report['policy']['mode']}), {result.cv_f1['ratio']:.3f} (top 30%)")
         result.outputs["distilled selector"] = out / "distilled"
 
     with stage("select critical steps"):
-        distilled = build_selector("distilled", model_dir=out / "distilled", threshold=True)
+        distilled = build_selector("distilled", model_dir=out / "distilled")  # its default mode, as `critstep select`
         selected = distilled.select(trajectories)
         write_trajectories(out / "selected.distilled.jsonl", trajectories, selected)
         train_selected = [t for t in train if t.id in selected]

@@ -105,11 +105,13 @@ def read_labels(
     path: str | Path,
     trajectories: Iterable[Trajectory] | None = None,
     include_failed: bool = False,
+    skip_unknown: bool = False,
 ) -> dict[str, TrajectoryLabels]:
     """Labels by trajectory id, validated; against `trajectories` too when given.
 
     With trajectories, an unknown id or an `n_steps` that disagrees with the trajectory is an
     error naming the label file's line: labels for another version of the data must not be used.
+    `skip_unknown` leaves labels of other trajectories out instead (scoring a part of a file).
     A file without any usable labels is an error too: nothing downstream can work from it.
     """
     by_id = {t.id: t for t in trajectories} if trajectories is not None else None
@@ -122,12 +124,14 @@ def read_labels(
         if by_id is not None:
             traj = by_id.get(labels.id)
             if traj is None:
+                if skip_unknown:
+                    continue
                 raise InputError(f"labels for unknown trajectory id {labels.id!r}", path, rec.line)
             if traj.n_steps != labels.n_steps:
                 raise InputError(_step_count_mismatch(labels, traj), path, rec.line)
         if labels.status == "ok" or include_failed:
             out[labels.id] = labels
-    if not out:
+    if not out and not skip_unknown:  # with skip_unknown, the caller says which trajectories it looked for
         raise InputError("no labels: the file is empty" if not records else f"no labels: all {len(records)} records are failed ones", path)
     return out
 

@@ -43,10 +43,11 @@ def tiny_lm(tmp_path_factory) -> Path:
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-lm"))
 
 
-def test_perplexity_takes_the_highest_nll_steps(tiny_lm: Path, tmp_path: Path) -> None:
-    selector = build_selector("perplexity", lm=str(tiny_lm), device="cpu", dtype="float32", cache=tmp_path)
+def test_perplexity_takes_the_highest_nll_steps(tiny_lm: Path, tmp_path: Path, capsys) -> None:
+    selector = build_selector("perplexity", lm=str(tiny_lm), device="cpu", dtype="float32", cache=tmp_path, progress=True)
     ts = trajectories()
     sel = selector.select(ts, ratio=0.3)
+    assert "token features: 100%" in capsys.readouterr().err  # the progress bar of the LM pass
     for t in ts:
         s = sel[t.id]
         assert len(s.steps) == step_cap(t.n_steps, 0.3) and len(s.scores) == t.n_steps

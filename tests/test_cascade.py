@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from oracle_server import FakeOpenAI, Reply, sample_trajectories
 
+from critstep.distill.persistence import SHIPPED_MODEL
 from critstep.errors import ConfigError
 from critstep.formats import read_trajectories
 from critstep.io import write_jsonl
@@ -163,8 +164,7 @@ def test_never_over_budget_in_calls_or_dollars(seed: int) -> None:
 def test_constructor_errors() -> None:
     with pytest.raises(ConfigError, match="either a budget"):
         CascadeSelector(budget="10%", max_calls=3, distilled=FixedScores({}), oracle=RecordedOracle({}))
-    with pytest.raises(ConfigError, match="needs a distilled model"):
-        CascadeSelector(budget="10%", oracle=RecordedOracle({}))
+    assert CascadeSelector(budget="10%", oracle=RecordedOracle({})).distilled.model_dir.name == SHIPPED_MODEL  # the default model
     with pytest.raises(ConfigError, match="unknown uncertainty"):
         CascadeSelector(budget="10%", uncertainty="entropy", distilled=FixedScores({}), oracle=RecordedOracle({}))
 

@@ -115,8 +115,6 @@ def test_compare_errors(dataset, tmp_path: Path) -> None:
     traj_path, labels_path, _ = dataset
     code, output = run_compare(str(traj_path), "--labels", str(labels_path), "--out", str(tmp_path / "o"), "--selectors", "gpt5")
     assert code == 1 and "unknown selector(s) gpt5" in output
-    code, output = run_compare(str(traj_path), "--labels", str(labels_path), "--out", str(tmp_path / "o"), "--selectors", "cascade")
-    assert code == 1 and "need --model DIR" in output
     code, output = run_compare(str(traj_path), "--labels", str(labels_path), "--out", str(tmp_path / "o"), "--selectors", "all", "--budget", "lots")
     assert code == 1 and "cannot read budget" in output
     code, output = run_compare(str(traj_path), "--labels", str(labels_path), "--out", str(tmp_path / "o"), "--selectors", "all", "--pred", "nofile")

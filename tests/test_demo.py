@@ -39,7 +39,7 @@ def test_demo_pipeline_at_reduced_size(tmp_path: Path, monkeypatch) -> None:
     assert {"oracle", "distilled", "cascade@25%", "cascade@50%", "perplexity", "random", "all"} <= names
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     assert result.eval_loss_before is not None and result.eval_loss_after is not None
-    assert set(result.cv_f1) == {"ratio", "threshold"}
+    assert set(result.cv_f1) == {"default", "ratio"}
     selected = read_trajectories(tmp_path / "selected.distilled.jsonl")
     assert len(selected) == 24 and all("critical_steps" in t.metadata for t in selected)
     # Results travel: nothing written names this machine's directories (the output's, the model

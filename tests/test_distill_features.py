@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fixtures.tuner_support import save_tiny_llama
 
-from critstep.distill.features import GROUPS, FeatureConfig, FeatureExtractor, parse_groups, structural, token
+from critstep.distill.features import GROUPS, FeatureConfig, FeatureExtractor, hidden, parse_groups, progress, structural, token
 from critstep.distill.features.cache import FeatureCache, content_key
 from critstep.errors import ConfigError
 from critstep.trajectory import Message, Trajectory
@@ -52,7 +52,28 @@ def test_feature_names_match_columns() -> None:
     fx = FeatureExtractor(FeatureConfig(groups=("structural",)), cache=None)
     X, _ = fx.transform([sciworld_like()])
     assert X.shape[1] == len(fx.feature_names())
-    assert FeatureExtractor(FeatureConfig(groups=("structural",), context=False), cache=None).transform([sciworld_like()])[0].shape[1] == len(structural.NAMES)
+    with_hashes = FeatureConfig(groups=("structural",), context=False, action_hashes=True)
+    assert FeatureExtractor(with_hashes, cache=None).transform([sciworld_like()])[0].shape[1] == len(structural.NAMES)
+    without = FeatureExtractor(FeatureConfig(groups=("structural", "progress"), context=False), cache=None)
+    X, _ = without.transform([sciworld_like()])
+    assert X.shape[1] == len(without.feature_names()) == len(structural.NAMES) - structural.ACTION_BINS + len(progress.NAMES)
+    assert not any(n.startswith("action_hash_") for n in without.feature_names())
+    # a model saved before the setting existed had the hashed names: its config still computes them
+    assert FeatureConfig.from_dict({"groups": ["structural"]}).action_hashes and not FeatureConfig().action_hashes
+
+
+def test_progress_features_by_hand() -> None:
+    x = progress.progress_features(sciworld_like())
+    col = {n: i for i, n in enumerate(progress.NAMES)}
+    assert x.shape == (4, len(progress.NAMES))
+    assert x[:, col["score_gain_share"]].tolist() == pytest.approx([0, 0, 0.1 / 0.35, 0.25 / 0.35])
+    assert x[:, col["score_gain_rank"]].tolist() == pytest.approx([0, 0, 0.5, 1.0])  # the biggest jump ranks first
+    assert x[:, col["look_action"]].tolist() == [1, 1, 1, 0]  # look, go, go: not acting on the task state
+    assert x[:, col["first_use_of_verb"]].tolist() == [1, 1, 0, 1]
+    assert x[:, col["same_as_previous"]].tolist() == [0, 0, 1, 0] and x[:, col["run_start"]].tolist() == [0, 1, 0, 0]
+    assert x[:, col["recovers_from_failure"]].tolist() == [0, 0, 1, 0]  # after "Nothing happens." it works
+    assert x[:, col["state_change_after"]].tolist() == [0, 0, 1, 0]  # "You move."
+    assert x[:, col["traj_len_log"]].tolist() == pytest.approx([np.log1p(4)] * 4)
 
 
 def test_parse_groups() -> None:
@@ -105,6 +126,34 @@ def test_token_scores_one_forward_per_window_and_match_direct(tiny_lm: Path) -> 
     assert rows[3, token.NAMES.index("nll_mean")] == pytest.approx(nll.mean().item(), rel=1e-4)
     assert rows[3, token.NAMES.index("log_ifd")] == pytest.approx(rows[3, 0] - rows[3, 4])
     assert scorer.tokens_processed > 0
+
+
+def test_hidden_states_read_each_step_and_its_outcome_in_windows(tiny_lm: Path) -> None:
+    import torch
+
+    from critstep.models import load_causal_lm
+
+    model, tok = load_causal_lm(str(tiny_lm), device="cpu")
+    t = sciworld_like()
+    rendered = token.render(t, tok, 16, 16)
+    reader = hidden.HiddenStateReader(model, tok, window_tokens=40, message_tokens=16, step_tokens=16)
+    plan = token.windows(rendered, 40, hidden.outcome_spans(rendered))
+    assert len(plan) > 1  # the window is smaller than the trajectory: several forward passes
+    states = reader.read_one(t)
+    assert states.shape == (4, len(hidden.READOUTS), model.config.hidden_size) and states.dtype == np.float16
+    mid, last = reader.layers
+    for start, members in plan:  # every readout equals a direct forward over that window
+        ids = torch.tensor([rendered.ids[start : start + 40]])
+        with torch.inference_mode():
+            out = model(input_ids=ids, output_hidden_states=True).hidden_states
+        for k in members:
+            step_end, outcome_end = rendered.spans[k][1] - 1 - start, rendered.outcome_ends[k] - 1 - start
+            assert outcome_end > step_end  # the outcome (the observation after the step) is read too
+            expected = [out[mid][0, step_end], out[mid][0, outcome_end], out[last][0, step_end], out[last][0, outcome_end]]
+            for j, e in enumerate(expected):
+                assert np.allclose(states[k, j], e.numpy(), rtol=1e-2, atol=1e-2)
+    projected = hidden.project(states, 8)
+    assert projected.shape == (4, 16) and np.isfinite(projected).all()
 
 
 def test_token_features_through_the_extractor_are_cached(tiny_lm: Path, tmp_path: Path) -> None:

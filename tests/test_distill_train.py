@@ -10,9 +10,10 @@ import pytest
 from sklearn.base import clone
 
 from critstep.distill.dataset import build_dataset
-from critstep.distill.estimator import StepClassifier, select_by_scores, tune_threshold
+from critstep.distill.estimator import StepClassifier
 from critstep.distill.features import FeatureConfig, FeatureExtractor
 from critstep.distill.persistence import load_model
+from critstep.distill.policy import SelectionPolicy, fit_policy
 from critstep.distill.train import train_distilled
 from critstep.errors import InputError, ModelError
 from critstep.formats import read_trajectories
@@ -32,20 +33,34 @@ def seed(shared: Path) -> tuple[list, dict]:
     return [t for t in trajectories if t.id in keep], keep
 
 
-def test_select_by_scores_cap_and_threshold() -> None:
+def test_policy_modes_respect_the_cap_and_keep_one() -> None:
     scores = np.array([0.9, 0.1, 0.8, 0.7, 0.2, 0.6, 0.05, 0.3, 0.4, 0.5])
-    assert select_by_scores(scores, 0.3) == [0, 2, 3]  # cap floor(10*0.3) = 3
-    assert select_by_scores(scores, 0.3, threshold=0.75) == [0, 2]  # threshold below the cap
-    assert select_by_scores(scores, 0.3, threshold=0.1) == [0, 2, 3]  # never above the cap
-    assert select_by_scores(scores, 0.3, threshold=0.99) == [0]  # at least one
-    assert select_by_scores(np.array([0.2, 0.1]), 0.3) == [0]
+    policy = SelectionPolicy(mode="threshold", threshold=0.75, count_scale=1.0)
+    assert policy.select(scores, 0.3, "ratio") == [0, 2, 3]  # cap floor(10*0.3) = 3
+    assert policy.select(scores, 0.3) == [0, 2]  # the default mode: threshold below the cap
+    assert SelectionPolicy(threshold=0.1).select(scores, 0.3) == [0, 2, 3]  # never above the cap
+    assert SelectionPolicy(threshold=0.99).select(scores, 0.3) == [0]  # at least one
+    assert policy.select(scores, 0.3, "count") == [0, 2, 3]  # round(4.55) = 5, capped at 3
+    assert SelectionPolicy(count_scale=0.5).select(scores, 0.5, "count") == [0, 2]  # round(0.5 * 4.55) = 2
+    assert policy.select(np.array([0.2, 0.1]), 0.3) == [0]
+    assert policy.select(np.array([]), 0.3) == []
 
 
-def test_tune_threshold_prefers_the_separating_cut() -> None:
-    proba = np.array([0.9, 0.2, 0.1, 0.8, 0.15, 0.1, 0.12, 0.11, 0.1, 0.1])
-    y = np.array([1, 0, 0, 1, 0, 0, 0, 0, 0, 0])
-    t = tune_threshold(proba, y, np.array(["a"] * 10), ratio=0.3)
-    assert 0.2 < t <= 0.8
+def test_fit_policy_finds_the_separating_cut_and_chooses_the_better_mode() -> None:
+    rng = np.random.default_rng(0)
+    proba, gold = [], []
+    for _ in range(30):  # two clearly critical steps of 10: both a cut and a count can find them
+        p = rng.uniform(0.0, 0.3, 10)
+        p[:2] = rng.uniform(0.7, 0.9, 2)
+        proba.append(p)
+        gold.append(np.arange(10) < 2)
+    policy = fit_policy(proba, gold, ratio=0.3)
+    assert 0.3 <= policy.threshold <= 0.7 and policy.fit_f1["threshold"] == 1.0
+    assert policy.fit_f1["ratio"] < 1.0  # filling the cap picks a third step
+    assert policy.mode == max(("threshold", "count"), key=lambda m: policy.fit_f1[m])
+    # a count helps when one trajectory's critical steps score low but the number is right
+    low = [p * 0.5 for p in proba]
+    assert fit_policy(low, gold, ratio=0.3).fit_f1["count"] == 1.0
 
 
 def test_estimator_contract_and_validation() -> None:
@@ -67,28 +82,38 @@ def test_estimator_contract_and_validation() -> None:
 
 def test_fit_save_load_round_trip_scores_identically(seed, tmp_path: Path) -> None:
     trajectories, labels = seed
-    report = train_distilled(trajectories, labels, tmp_path / "model", features=STRUCTURAL, folds=2, cache=None)
+    report = train_distilled(trajectories, labels, tmp_path / "model", features=STRUCTURAL, folds=2, repeats=2, cache=None)
     cv = report["cv"]
-    assert cv["folds"] == 2 and 0.2 < cv["ratio"]["f1"] <= 1.0 and cv["ratio"]["auroc"] > 0.6
+    assert cv["folds"] == 2 and cv["repeats"] == 2 and 0.2 < cv["ratio"]["f1"] <= 1.0 and cv["ratio"]["auroc"] > 0.6
+    assert set(cv["default_mode_chosen"]) <= {"threshold", "count"} and sum(cv["default_mode_chosen"].values()) == 4
+    spread = cv["default"]["spread"]
+    assert spread["repeats"] == 2 and spread["f1"]["min"] <= cv["default"]["f1"] <= spread["f1"]["max"]
+    assert set(spread["per_env_f1"]) == {t.env for t in trajectories}
     assert report["training_data"]["trajectories"] == 40
     files = {p.name for p in (tmp_path / "model").iterdir()}
     assert files == {"model.skops", "model.json", "README.md", ".critstep-output.json"}  # no pickle anywhere
     card = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert card["features"]["groups"] == ["structural"] and "versions" in card["card"]
+    assert card["format_version"] == 2 and card["features"]["groups"] == ["structural"] and "versions" in card["card"]
+    assert card["policy"]["mode"] == report["policy"]["mode"] in ("threshold", "count")
     assert "Cross-validated" in (tmp_path / "model" / "README.md").read_text()
 
     X, _ = FeatureExtractor(STRUCTURAL, cache=None).transform(trajectories)
     before = report["model"].classifier.predict_proba(X)[:, 1]
     loaded = load_model(tmp_path / "model")
     assert np.array_equal(loaded.classifier.predict_proba(X)[:, 1], before)
+    assert loaded.policy == report["model"].policy and loaded.classifier.calibration_ == report["model"].classifier.calibration_
 
     selector = build_selector("distilled", model_dir=tmp_path / "model", cache=None)
     scores = selector.score(trajectories)
     assert np.allclose(np.concatenate([scores[t.id] for t in trajectories]), before)
-    for mode in (False, True):
-        selector.threshold = mode
+    default = selector.select(trajectories, ratio=0.3)
+    for t in trajectories:  # the default is the model's own mode
+        assert default[t.id].steps == loaded.policy.select(scores[t.id], 0.3, loaded.policy.mode)
+    for mode in ("threshold", "count", "ratio"):
+        selector = build_selector("distilled", model_dir=tmp_path / "model", cache=None, mode=mode)
         for t, sel in zip(trajectories, selector.select(trajectories, ratio=0.3).values(), strict=True):
             assert 1 <= len(sel.steps) <= step_cap(t.n_steps, 0.3) and len(sel.scores) == t.n_steps
+            assert sel.steps == loaded.policy.select(scores[t.id], 0.3, mode)
 
 
 def test_bad_labels_are_rejected(seed, tmp_path: Path) -> None:

@@ -81,10 +81,10 @@ def test_compare_prices_an_answer_by_what_it_cost():
     assert pricer.estimated == 0
 
 
-def test_compare_warns_when_the_model_saw_the_compared_trajectories():
-    from critstep.compare.pipeline import _trained_on
+def test_compare_warns_when_the_model_saw_the_compared_trajectories(tmp_path):
     from critstep.demo import SAMPLE_DIR
     from critstep.distill.features import FeatureConfig
+    from critstep.distill.persistence import in_sample_warning
     from critstep.distill.train import train_distilled
     from critstep.formats import read_trajectories
     from critstep.labels import read_labels
@@ -92,11 +92,12 @@ def test_compare_warns_when_the_model_saw_the_compared_trajectories():
     trajectories = read_trajectories(SAMPLE_DIR / "trajectories.jsonl")
     labels = read_labels(SAMPLE_DIR / "labels.jsonl", trajectories)
     train = trajectories[:30]
-    report = train_distilled(train, {t.id: labels[t.id] for t in train}, None, features=FeatureConfig(groups=("structural",)), folds=0, cache=None)
+    report = train_distilled(train, {t.id: labels[t.id] for t in train}, tmp_path / "m", features=FeatureConfig(groups=("structural",)),
+                             folds=0, cache=None)
     model = report["model"]
     assert model.card["training_ids"] == sorted(t.id for t in train)
-    assert _trained_on(model, [t.id for t in trajectories[30:]]) is None
-    warning = _trained_on(model, [t.id for t in trajectories[25:35]])
+    assert in_sample_warning(tmp_path / "m", [t.id for t in trajectories[30:]]) is None
+    warning = in_sample_warning(tmp_path / "m", [t.id for t in trajectories[25:35]])
     assert warning is not None and "trained on 5 of the 10" in warning
 
 

@@ -13,11 +13,12 @@ from click.testing import CliRunner
 from fixtures.tuner_support import save_tiny_llama
 
 from critstep.cli import cli
+from critstep.distill.persistence import default_model_dir
 from critstep.formats import read_trajectories
 from critstep.io import OUTPUT_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED_MODEL = REPO / "models" / "distilled-seed126"
+SHIPPED_MODEL = default_model_dir()
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -102,7 +103,7 @@ def test_ray_engine_selects_what_the_plain_run_selects(shards: Path, tmp_path: P
 
 @pytest.mark.slow
 def test_ray_engine_selects_the_corpus_exactly(shared: Path, tmp_path: Path) -> None:
-    """The whole corpus with the shipped distilled model (semantic + structural features computed,
+    """The whole corpus with the shipped distilled model (its default features computed,
     no cache): a local Ray with 2 actors against the plain run, byte for byte."""
     pytest.importorskip("ray.data", reason="Ray is installed by `make install` (the test extra)")
     common = ["--model", str(SHIPPED_MODEL), "--no-cache"]

@@ -14,7 +14,8 @@ def feature_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--embedder", default=None, help="Sentence-transformers model: built-in name (minilm), hub id or path. [default: minilm]"),
         click.option("--lm", default=None, help="Causal LM for token features: built-in (smollm2-135m), hub id or path. [default: smollm2-135m]"),
-        click.option("--features", "groups", default=None, help="Comma-separated feature groups from semantic,token,structural. [default: semantic,structural]"),
+        click.option("--features", "groups", default=None,
+                     help="Comma-separated feature groups from semantic,token,hidden,structural,progress. [default: semantic,structural,progress]"),
         click.option("--max-window-tokens", type=click.IntRange(min=32), default=None, help=f"Tokens per LM forward window. [default: {DEFAULT_WINDOW_TOKENS}]"),
         click.option("--dtype", default=None, help="torch dtype of both models: bfloat16 (fast on CPUs with bf16 instructions and on GPUs) or float32. [default: bfloat16]"),
         click.option("--device", default=None, help="torch device for the models (default: CUDA when present, else CPU)."),

@@ -34,7 +34,8 @@ def _pairs(values: tuple[str, ...]) -> list[tuple[str, Path]]:
 @click.option("--selectors", default=DEFAULT_SELECTORS, show_default=True,
               help=f"Comma-separated selectors to run: {', '.join(KNOWN)}. 'oracle' is added when --oracle-labels is given.")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Distilled model directory (critstep distill --out); needed by distilled and cascade.")
+              help="Distilled model directory (critstep distill --out) for distilled and cascade. [default: the shipped model, "
+                   "or, where it was trained on the compared trajectories, the distilled selector cross-fitted over them]")
 @click.option("--budget", "budgets", multiple=True, default=DEFAULT_BUDGETS, show_default=True,
               help="Cascade oracle budget, repeatable: 25% (share of trajectories), $2.50 (dollars) or 40 (calls).")
 @click.option("--uncertainty", type=click.Choice(["disagreement", "margin"]), default="disagreement", show_default=True,
@@ -103,8 +104,6 @@ def command(
         names.insert(0, "oracle")
     if not 0 < ratio <= 1:
         raise ConfigError(f"--ratio must be in (0, 1], got {ratio}")
-    if {"distilled", "cascade"} & set(names) and model_dir is None:
-        raise ConfigError("distilled and cascade need --model DIR (a model from critstep distill); or drop them from --selectors")
     if not names and not preds:
         raise InputError("nothing to compare: give --selectors or --pred")
     options = CompareOptions(

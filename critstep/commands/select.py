@@ -22,9 +22,13 @@ SELECTOR_NAMES = ["distilled", "cascade", "oracle", "all", "random", "perplexity
 @click.command("select")
 @input_argument("traj")
 @click.option("--selector", "name", type=click.Choice(SELECTOR_NAMES), default="distilled", show_default=True)
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None, help="Distilled model directory (from `critstep distill`).")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Distilled model directory (from `critstep distill`). [default: the model shipped with critstep]")
 @click.option("--ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.3, show_default=True, help="At most this share of each trajectory's steps (rounded down, at least 1).")
-@click.option("--threshold", is_flag=True, help="Distilled: keep only steps above the model's tuned threshold (up to the --ratio cap).")
+@click.option("--mode", type=click.Choice(["threshold", "count", "ratio"]), default=None,
+              help="Distilled/cascade: how many steps to keep: steps above the model's tuned threshold, its learned count per "
+                   "trajectory, or 'ratio' to fill the --ratio cap. [default: the model's own mode, the one that agreed best with the teacher]")
+@click.option("--threshold", is_flag=True, help="Same as --mode threshold.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random selector.")
 @click.option("--budget", default=None, help="Cascade: oracle budget, as 25% (share of trajectories), 40 (calls) or $2.50 (dollars).")
 @click.option("--uncertainty", type=click.Choice(["disagreement", "margin"]), default="disagreement", show_default=True,
@@ -54,6 +58,7 @@ def command(
     name: str,
     model_dir: Path | None,
     ratio: float,
+    mode: str | None,
     threshold: bool,
     seed: int,
     budget: str | None,
@@ -90,9 +95,9 @@ def command(
 
     \b
     Examples:
-      critstep select corpus.jsonl --selector distilled --model models/distilled --out selected.jsonl
-      critstep select corpus.jsonl --selector distilled --model models/distilled --threshold --out selected.jsonl
-      critstep select corpus.jsonl --selector cascade --model models/distilled --budget 10% --out cascade.jsonl
+      critstep select corpus.jsonl --out selected.jsonl
+      critstep select corpus.jsonl --selector distilled --model models/distilled --mode ratio --out selected.jsonl
+      critstep select corpus.jsonl --selector cascade --budget 10% --out cascade.jsonl
       critstep select corpus.jsonl --selector oracle --oracle-model gpt-4o --max-cost 5 --out oracle.jsonl
       critstep select corpus.jsonl --selector random --seed 1 --out random.jsonl
       critstep select 'shards/*.jsonl.zst' --model models/distilled --out selected/ --engine ray --num-workers 4
@@ -106,18 +111,18 @@ def command(
     from critstep.sharded import is_directory_output, select_to, shard_targets
 
     cache = cache_arg(cache_dir, no_cache)
-    if threshold and name not in ("distilled", "cascade"):
-        raise ConfigError("--threshold applies to the distilled and cascade selectors only")
+    if (threshold or mode) and name not in ("distilled", "cascade"):
+        raise ConfigError("--mode/--threshold apply to the distilled and cascade selectors only")
+    if threshold and mode not in (None, "threshold"):
+        raise ConfigError(f"--threshold contradicts --mode {mode}")
     if budget is not None and name != "cascade":
         raise ConfigError("--budget applies to the cascade selector only")
     oracle = {"model": oracle_model, "base_url": base_url, "cache_path": oracle_cache, "ratio": ratio, "response_format": response_format,
               "timeout": timeout, "concurrency": concurrency, "max_retries": max_retries}
     if name in ("distilled", "cascade"):
-        if model_dir is None:
-            raise ConfigError(f"the {name} selector needs --model DIR (train one with `critstep distill`)")
         if embedder or lm or groups or max_window_tokens or dtype:
             raise ConfigError("--embedder/--lm/--features/--max-window-tokens/--dtype are fixed by the distilled model; retrain to change them")
-        options = {"model_dir": model_dir, "threshold": threshold, "device": device, "cache": cache}
+        options = {"model_dir": model_dir, "mode": "threshold" if threshold else mode, "device": device, "cache": cache, "progress": True}
         if name == "cascade":
             from critstep.selector.distilled import DistilledSelector
             from critstep.selector.oracle import OracleConfig
@@ -129,7 +134,7 @@ def command(
     elif name == "oracle":
         options = {**oracle, "max_cost": max_cost, "progress": True}
     elif name == "perplexity":
-        options = {"device": device, "cache": cache}
+        options = {"device": device, "cache": cache, "progress": True}
         options |= {k: v for k, v in {"lm": lm, "window_tokens": max_window_tokens, "dtype": dtype}.items() if v is not None}
     elif name == "random":
         options = {"seed": seed}

@@ -17,6 +17,7 @@ from critstep.compare.costs import load_compute_prices
 from critstep.compare.plot import plot_cost_vs_f1
 from critstep.compare.report import Row, build_rows, render_markdown, write_report_json, write_report_markdown
 from critstep.compare.run import SelectorResult, read_predictions, restrict, timed
+from critstep.errors import InputError
 from critstep.formats import read_trajectories
 from critstep.io import check_outputs_apart, claim_output_dir, portable_path
 from critstep.labels import TrajectoryLabels, read_labels, selections_from_labels
@@ -96,21 +97,16 @@ def run_compare(
     recorded: dict[str, TrajectoryLabels] | None = None
     if options.oracle_labels is not None:
         recorded = read_labels(options.oracle_labels, everything)
-    distilled: tuple[dict[str, Selection], float, str, Any] | None = None
-    in_sample: str | None = None
+    distilled: tuple[dict[str, Selection], float, str, list[str]] | None = None
     for name in options.selectors:
         echo(f"running {name} ...")
         if name == "oracle":
             results.append(_oracle(trajs, ids, recorded, oracle_config, pricer, options))
         elif name in ("distilled", "cascade"):
             if distilled is None:
-                distilled = _distilled(trajs, options)
-                in_sample = _trained_on(distilled[3], ids)
-                if in_sample:
-                    echo(f"warning: {in_sample}")
-            selections, seconds, device, _ = distilled
+                distilled = _distilled(trajs, gold_labels, options, echo)
+            selections, seconds, device, notes = distilled
             if name == "distilled":
-                notes = [in_sample] if in_sample else []
                 results.append(SelectorResult("distilled", selections, len(trajs), seconds, device, notes=notes))
             else:
                 results += _cascades(trajs, selections, seconds, device, recorded, oracle_config, pricer, options)
@@ -194,23 +190,70 @@ def _oracle(trajs: Sequence[Trajectory], ids: list[str], recorded: Mapping[str, 
     return SelectorResult("oracle", selections, len(trajs), None, "api", oracle_usd=usd, oracle_calls=len(ids), oracle_share=1.0, notes=notes)
 
 
-def _distilled(trajs: Sequence[Trajectory], options: CompareOptions) -> tuple[dict[str, Selection], float, str, Any]:
+def _distilled(
+    trajs: Sequence[Trajectory], labels: Mapping[str, TrajectoryLabels], options: CompareOptions, echo: Callable[[str], None]
+) -> tuple[dict[str, Selection], float, str, list[str]]:
+    """The distilled selector's selections, seconds, device and notes.
+
+    With --model, that model (a warning if it was trained on compared trajectories). Without it,
+    the shipped model, unless it was trained on some of the compared trajectories: then the
+    distilled selector is cross-fitted over them (each fold scored by a model trained on the
+    others, with the shipped model's settings), so its figure stays out of sample.
+    """
+    from critstep.distill.persistence import default_model_dir, in_sample_warning
     from critstep.models import default_device
     from critstep.selector.distilled import DistilledSelector
 
     device = options.device or default_device()
+    ids = [t.id for t in trajs]
+    model_dir = options.model_dir or default_model_dir()
+    warning = in_sample_warning(model_dir, ids)
+    if warning and options.model_dir is None:
+        echo(f"the shipped distilled model was trained on some of these trajectories: cross-fitting it over the {len(ids)} labeled ones")
+        return _cross_fit(trajs, labels, model_dir, device, options)
+    if warning:
+        echo(f"warning: {warning}")
     # No feature cache: the measured time must be what selecting these trajectories costs afresh.
-    selector = DistilledSelector(model_dir=str(options.model_dir), device=device, cache=None)
+    selector = DistilledSelector(model_dir=model_dir, device=device, cache=None)
     selections, seconds = timed(lambda: selector.select(trajs, options.ratio))
-    return selections, seconds, device, selector.model
+    notes = [warning] if warning else [] if options.model_dir else ["the shipped model"]
+    return selections, seconds, device, notes
 
 
-def _trained_on(model: Any, ids: Sequence[str]) -> str | None:
-    """A warning when the compared trajectories include the model's own training data."""
-    seen = set(model.card.get("training_ids", [])) & set(ids)
-    if not seen:
-        return None
-    return f"the distilled model was trained on {len(seen)} of the {len(ids)} compared trajectories: its F1 there is in-sample"
+def _cross_fit(
+    trajs: Sequence[Trajectory], labels: Mapping[str, TrajectoryLabels], model_dir: Path, device: str, options: CompareOptions
+) -> tuple[dict[str, Selection], float, str, list[str]]:
+    """Out-of-sample selections by k-fold cross-fitting with the settings of the model at `model_dir`."""
+    import numpy as np
+
+    from critstep.distill.dataset import build_dataset
+    from critstep.distill.estimator import StepClassifier
+    from critstep.distill.features import FeatureExtractor
+    from critstep.distill.persistence import load_model
+    from critstep.distill.train import cv_splits
+
+    template = load_model(model_dir)
+    folds = min(5, len(trajs))
+    if folds < 2:
+        raise InputError("cross-fitting the distilled selector needs at least 2 labeled trajectories (or pass --model DIR)")
+    extractor = FeatureExtractor(template.features, device=device, cache=None)
+    data, seconds = timed(lambda: build_dataset(extractor, trajs, labels))
+    params = template.classifier.get_params()
+    selections: dict[str, Selection] = {}
+    for _, train, test in cv_splits([t.env for t in data.trajectories], folds, seed=options.seed):
+        train_rows = np.isin(data.groups, [data.trajectories[i].id for i in train])
+        clf = StepClassifier(**params).fit(data.X[train_rows], data.y[train_rows], groups=data.groups[train_rows])
+        for i in test:
+            t = data.trajectories[i]
+            rows = data.groups == t.id
+            p, s = timed(lambda r=rows, c=clf: c.predict_proba(data.X[r])[:, 1])
+            seconds += s
+            selections[t.id] = Selection(t.id, clf.policy_.select(p, options.ratio), scores=[float(v) for v in p])
+    for t in trajs:  # trajectories without steps
+        selections.setdefault(t.id, Selection(t.id, [], scores=[]))
+    note = (f"cross-fitted over the labeled trajectories ({folds} folds, the shipped model's features and settings): out of sample; "
+            "time = features + scoring, training excluded")
+    return selections, seconds, device, [note]
 
 
 def _cascades(

@@ -1,10 +1,10 @@
-"""The step classifier: a scikit-learn estimator with calibrated probabilities and a tuned threshold.
+"""The step classifier: a scikit-learn estimator with calibrated probabilities and a learned selection policy.
 
 `StepClassifier` wraps a histogram gradient-boosting model (or a logistic regression, for
 comparison) and calibrates its scores with Platt scaling fitted on out-of-fold predictions,
 grouped by trajectory so no trajectory informs its own calibration. The same out-of-fold
-probabilities choose `threshold_`, the probability above which threshold-mode selection keeps a
-step (still capped per trajectory), so tuning never sees the data it is scored on.
+probabilities fit `policy_` (see `policy.py`): the threshold, the count scale, and which of the
+two selection modes agrees best with the teacher. Tuning never sees the data it is scored on.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import unique_labels
 from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
 
-from critstep.selection import DEFAULT_RATIO, step_cap
+from critstep.distill.policy import SelectionPolicy, fit_policy
+from critstep.selection import DEFAULT_RATIO
 
 CLASSIFIERS = ("hgb", "logreg")
 
@@ -43,36 +44,10 @@ def make_base(classifier: str, random_state: int = 0) -> BaseEstimator:
     raise ValueError(f"unknown classifier {classifier!r} (choose from {', '.join(CLASSIFIERS)})")
 
 
-def select_by_scores(scores: np.ndarray, ratio: float = DEFAULT_RATIO, threshold: float | None = None) -> list[int]:
-    """Top `step_cap` steps; with a threshold, only those at or above it (at least the best one)."""
-    scores = np.asarray(scores, dtype=float)
-    k = step_cap(len(scores), ratio)
-    order = np.argsort(-scores, kind="stable")[:k]
-    if threshold is not None:
-        keep = order[scores[order] >= threshold]
-        order = keep if len(keep) else order[:1]
-    return sorted(int(i) for i in order)
-
-
-def _group_slices(groups: np.ndarray) -> list[np.ndarray]:
+def group_slices(groups: np.ndarray) -> list[np.ndarray]:
+    """Row indices of each group (trajectory), in order of first appearance."""
     _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
     return [np.flatnonzero(inverse == g) for g in np.argsort(first)]
-
-
-def tune_threshold(proba: np.ndarray, y: np.ndarray, groups: np.ndarray, ratio: float = DEFAULT_RATIO) -> float:
-    """The threshold that maximizes micro F1 of capped threshold-mode selection on (proba, y)."""
-    slices = _group_slices(groups)
-    best, best_f1 = 0.5, -1.0
-    for t in np.round(np.arange(0.05, 0.9, 0.01), 2):
-        tp = fp = 0
-        for idx in slices:
-            chosen = idx[select_by_scores(proba[idx], ratio, float(t))]
-            tp += int(y[chosen].sum())
-            fp += int(len(chosen) - y[chosen].sum())
-        f1 = 2 * tp / (2 * tp + fp + (int(y.sum()) - tp)) if y.sum() else 0.0
-        if f1 > best_f1 + 1e-12:
-            best, best_f1 = float(t), f1
-    return best
 
 
 class StepClassifier(ClassifierMixin, BaseEstimator):
@@ -81,9 +56,12 @@ class StepClassifier(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     classifier: "hgb" or "logreg".
-    calibration_folds: folds for the out-of-fold scores behind calibration and `threshold_`
+    calibration_folds: folds for the out-of-fold scores behind calibration and `policy_`
         (grouped by the `groups` passed to `fit`: trajectory ids); 0 or 1 turns both off.
-    ratio: the per-trajectory cap used when tuning `threshold_`.
+    ratio: the per-trajectory cap used when fitting `policy_`.
+
+    After `fit`: `calibration_` (Platt a, b), `policy_` (a `SelectionPolicy`) and `threshold_`
+    (= `policy_.threshold`, what `predict` cuts at).
     """
 
     def __init__(self, classifier: str = "hgb", calibration_folds: int = 3, ratio: float = DEFAULT_RATIO, random_state: int = 0):
@@ -102,7 +80,7 @@ class StepClassifier(ClassifierMixin, BaseEstimator):
         if len(groups_arr) != len(y):
             raise ValueError(f"groups has {len(groups_arr)} entries for {len(y)} samples")
         self.calibration_ = (1.0, 0.0)
-        self.threshold_ = 0.5
+        self.policy_ = SelectionPolicy()
         folds = min(self.calibration_folds, len(np.unique(groups_arr)))
         if folds >= 2:
             raw = np.zeros(len(y))
@@ -114,9 +92,15 @@ class StepClassifier(ClassifierMixin, BaseEstimator):
                 raw[test] = make_base(self.classifier, self.random_state).fit(X[train], y[train]).decision_function(X[test])
             platt = LogisticRegression(C=1e4).fit(raw.reshape(-1, 1), y)
             self.calibration_ = (float(platt.coef_[0, 0]), float(platt.intercept_[0]))
-            self.threshold_ = tune_threshold(self._calibrate(raw), y, groups_arr, self.ratio)
+            proba = self._calibrate(raw)
+            slices = group_slices(groups_arr)
+            self.policy_ = fit_policy([proba[i] for i in slices], [y[i] for i in slices], ratio=self.ratio)
         self.estimator_ = make_base(self.classifier, self.random_state).fit(X, y)
         return self
+
+    @property
+    def threshold_(self) -> float:
+        return self.policy_.threshold
 
     def _calibrate(self, raw: np.ndarray) -> np.ndarray:
         a, b = self.calibration_

@@ -18,6 +18,8 @@ from critstep.labels import TrajectoryLabels
 from critstep.selection import CATEGORIES, Selection
 from critstep.trajectory import Trajectory
 
+MACRO_MIN_TRAJECTORIES = 10
+
 
 def _counts(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
     tp = int((pred & gold).sum())
@@ -108,6 +110,13 @@ def evaluate_selections(
     out["n_trajectories"] = len(gold)
     env_arr = np.array(envs, dtype=object)
     out["per_env"] = {e: _counts(p[env_arr == e], g[env_arr == e]) for e in sorted(set(envs))}
+    per_trajectory_env = [trajectories[tid].env if trajectories is not None and tid in trajectories else "unknown" for tid in gold]
+    for e, m in out["per_env"].items():
+        m["n_trajectories"] = per_trajectory_env.count(e)
+    # Macro over envs: each env counts once, whatever its length; envs with a handful of
+    # trajectories are left out (their F1 swings with a single step).
+    out["macro_envs"] = [e for e, m in out["per_env"].items() if m["n_trajectories"] >= MACRO_MIN_TRAJECTORIES]
+    out["macro_f1"] = float(np.mean([out["per_env"][e]["f1"] for e in out["macro_envs"]])) if out["macro_envs"] else None
     cat_arr = np.array(categories, dtype=object)
     out["per_category_recall"] = {
         c: {"recall": float(p[cat_arr == c].mean()), "n_gold": int((cat_arr == c).sum())} for c in CATEGORIES if (cat_arr == c).any()
@@ -123,6 +132,8 @@ def format_report(metrics: dict) -> str:
         f"steps {metrics['n_steps']:,} in {metrics['n_trajectories']} trajectories; selected {metrics['share_selected']:.1%}, gold {metrics['n_gold'] / max(1, metrics['n_steps']):.1%}",
         f"F1 {metrics['f1']:.3f}  precision {metrics['precision']:.3f}  recall {metrics['recall']:.3f}  kappa {metrics['kappa']:.3f}",
     ]
+    if metrics.get("macro_f1") is not None:
+        lines.append(f"macro F1 over envs {metrics['macro_f1']:.3f} ({', '.join(metrics['macro_envs'])}: envs with >= {MACRO_MIN_TRAJECTORIES} trajectories)")
     if metrics.get("auroc") is not None:
         extra = f"AUROC {metrics['auroc']:.3f}  AP {metrics['average_precision']:.3f}"
         if metrics.get("brier") is not None:

@@ -1,39 +1,104 @@
 """Saving and loading a distilled model directory, without pickle.
 
-    model.skops  the fitted scikit-learn estimator (skops; loaded with an explicit allow-list)
-    model.json   feature settings, calibration, threshold, feature names, training stats, CV metrics
-    README.md    the model card, for people
+    model.skops      the fitted scikit-learn estimator (skops; loaded with an explicit allow-list)
+    adapter-N.skops  per-env adapters from `critstep distill --base` (see adapt.py), if any
+    model.json       feature settings, calibration, selection policy, adapters' envs, feature names,
+                     training stats, CV metrics
+    README.md        the model card, for people
 
 skops refuses types it does not trust; we trust only the few scikit-learn internals our own
 classifiers need, so a model directory from elsewhere cannot run arbitrary code when loaded.
+Everything about a directory is checked when it is loaded, before any feature is computed:
+a pickle, an archive holding something else than our classifier, or a feature count that does
+not match fails with one line.
+
+Format 2 adds the selection policy (mode, threshold, count scale) and the adapters; a format-1
+directory (critstep 0.1) still loads, with threshold mode as its default.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from critstep.distill.estimator import StepClassifier
 from critstep.distill.features import FeatureConfig
+from critstep.distill.policy import SelectionPolicy
 from critstep.errors import ModelError
 from critstep.io import atomic_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 MODEL_KIND = "distilled-model"
 TRUSTED_TYPES = {"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"}
+SHIPPED_MODEL = "distilled-selector-seed306"
 
 
 @dataclass
 class DistilledModel:
-    """A trained step classifier with the feature settings it was trained on."""
+    """A trained step classifier with the feature settings it was trained on.
+
+    `adapters` maps an env to a regression ensemble whose output is added to the classifier's
+    raw score for that env's steps (`critstep distill --base`, see adapt.py).
+    """
 
     classifier: StepClassifier
     features: FeatureConfig
     feature_names: list[str]
     card: dict[str, Any] = field(default_factory=dict)
+    adapters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def policy(self) -> SelectionPolicy:
+        return self.classifier.policy_
+
+    def raw_scores(self, X: np.ndarray, envs: Sequence[str]) -> np.ndarray:
+        """The classifier's raw score per row, plus the adapter of the row's env where there is one."""
+        raw = self.classifier.decision_function(X) if len(X) else np.zeros(0)
+        envs_arr = np.asarray(envs, dtype=object)
+        for env, adapter in self.adapters.items():
+            rows = envs_arr == env
+            if rows.any():
+                raw[rows] += adapter.predict(X[rows])
+        return raw
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """P(critical) from raw scores (the classifier's Platt calibration)."""
+        a, b = self.classifier.calibration_
+        return 1.0 / (1.0 + np.exp(-(a * np.asarray(raw, dtype=float) + b)))
+
+
+def default_model_dir() -> Path:
+    """The distilled model shipped inside the package (trained on the 306 labeled seed
+    trajectories): what `select`, `compare`, `demo` and the cascade use when no --model is given."""
+    return Path(__file__).resolve().parents[1] / "data" / "models" / SHIPPED_MODEL
+
+
+def read_card(model_dir: str | Path) -> dict[str, Any]:
+    """The model card of a model directory (model.json's "card"), without loading the model."""
+    path = Path(model_dir) / "model.json"
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")).get("card", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def in_sample_warning(model_dir: str | Path, ids: Sequence[str], shipped: bool = False) -> str | None:
+    """A warning when `ids` include the training trajectories of the model at `model_dir`."""
+    seen = set(read_card(model_dir).get("training_ids", [])) & set(ids)
+    if not seen:
+        return None
+    if shipped:
+        return (f"{len(seen)} of the {len(ids)} scored trajectories are training data of the shipped distilled model (the default "
+                "of `critstep select`): if the predictions came from it, their F1 is in-sample (--model DIR checks another model)")
+    return f"the distilled model was trained on {len(seen)} of the {len(ids)} scored trajectories: its F1 there is in-sample"
 
 
 def versions() -> dict[str, str]:
@@ -61,11 +126,16 @@ def save_model(model: DistilledModel, out_dir: str | Path) -> Path:
     with atomic_dir(out, MODEL_KIND) as tmp:
         clf = model.classifier
         sio.dump(clf.estimator_, tmp / "model.skops")
+        adapters = []
+        for i, (env, adapter) in enumerate(sorted(model.adapters.items())):
+            sio.dump(adapter, tmp / f"adapter-{i}.skops")
+            adapters.append({"env": env, "file": f"adapter-{i}.skops"})
         meta = {
             "format_version": FORMAT_VERSION,
             "classifier": clf.get_params(),
             "calibration": list(clf.calibration_),
-            "threshold": clf.threshold_,
+            "policy": clf.policy_.to_dict(),
+            "adapters": adapters,
             "n_features": int(clf.n_features_in_),
             "features": model.features.to_dict(),
             "feature_names": model.feature_names,
@@ -76,10 +146,34 @@ def save_model(model: DistilledModel, out_dir: str | Path) -> Path:
     return out
 
 
-def load_model(model_dir: str | Path) -> DistilledModel:
-    import numpy as np
+def _expected_estimator(classifier: str) -> type:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+
+    return {"hgb": HistGradientBoostingClassifier, "logreg": Pipeline}.get(classifier, HistGradientBoostingClassifier)
+
+
+def _load_skops(path: Path, expected: type) -> Any:
+    """The estimator in a skops archive, checked: no pickle, only trusted types, the expected class."""
     import skops.io as sio
 
+    try:
+        untrusted = set(sio.get_untrusted_types(file=path))
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{path} is not a skops archive ({e}); critstep never loads pickles") from None
+    if untrusted - TRUSTED_TYPES:
+        raise ModelError(f"{path} contains types critstep does not trust: {sorted(untrusted - TRUSTED_TYPES)}")
+    try:
+        estimator = sio.load(path, trusted=sorted(untrusted))
+    except Exception as e:  # a damaged archive: one line, whatever broke inside skops
+        raise ModelError(f"{path}: cannot read the archive ({type(e).__name__}: {e})") from None
+    if not isinstance(estimator, expected):
+        raise ModelError(f"{path} holds a {type(estimator).__name__}, not the {expected.__name__} its model.json describes")
+    return estimator
+
+
+def load_model(model_dir: str | Path) -> DistilledModel:
+    """Load and check a model directory; any problem is a one-line `ModelError`."""
     d = Path(model_dir)
     if not (d / "model.json").exists() or not (d / "model.skops").exists():
         raise ModelError(f"{d} is not a distilled model directory (needs model.json and model.skops; train one with `critstep distill`)")
@@ -87,52 +181,92 @@ def load_model(model_dir: str | Path) -> DistilledModel:
         meta = json.loads((d / "model.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ModelError(f"{d / 'model.json'}: malformed JSON ({e.msg}, line {e.lineno})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{d}: model format {meta.get('format_version')!r}, this critstep reads {FORMAT_VERSION}")
-    untrusted = set(sio.get_untrusted_types(file=d / "model.skops"))
-    if untrusted - TRUSTED_TYPES:
-        raise ModelError(f"{d / 'model.skops'} contains types critstep does not trust: {sorted(untrusted - TRUSTED_TYPES)}")
-    estimator = sio.load(d / "model.skops", trusted=sorted(untrusted))
-    clf = StepClassifier(**meta["classifier"])
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version not in READABLE_FORMATS:
+        raise ModelError(f"{d}: model format {version!r}, this critstep reads formats {', '.join(map(str, READABLE_FORMATS))}; "
+                         "retrain it with `critstep distill`")
+    skops_path = d / "model.skops"
+    try:
+        params = dict(meta["classifier"])
+        clf = StepClassifier(**params)
+        features = FeatureConfig.from_dict(meta["features"])
+        feature_names = [str(n) for n in meta["feature_names"]]
+        n_features = int(meta["n_features"])
+        calibration = tuple(float(v) for v in meta["calibration"])
+        if version == 1:
+            policy = SelectionPolicy(mode="threshold", threshold=float(meta["threshold"]))
+        else:
+            policy = SelectionPolicy.from_dict(meta["policy"])
+        adapter_files = {str(a["env"]): d / Path(str(a["file"])).name for a in meta.get("adapters", [])}
+    except ModelError:
+        raise
+    except Exception as e:  # a damaged or foreign model.json: one line, whatever broke
+        raise ModelError(f"{d}: cannot read the model ({type(e).__name__}: {e})") from None
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    estimator = _load_skops(skops_path, _expected_estimator(clf.classifier))
+    adapters = {env: _load_skops(path, HistGradientBoostingRegressor) for env, path in adapter_files.items()}
+    if getattr(estimator, "n_features_in_", n_features) != n_features or len(feature_names) != n_features:
+        raise ModelError(f"{d}: the classifier expects {getattr(estimator, 'n_features_in_', '?')} features, model.json names "
+                         f"{len(feature_names)} and says {n_features}")
     clf.estimator_ = estimator
     clf.classes_ = np.array([0, 1])
-    clf.n_features_in_ = int(meta["n_features"])
-    clf.calibration_ = tuple(meta["calibration"])
-    clf.threshold_ = float(meta["threshold"])
-    return DistilledModel(clf, FeatureConfig.from_dict(meta["features"]), list(meta["feature_names"]), meta.get("card", {}))
+    clf.n_features_in_ = n_features
+    clf.calibration_ = calibration
+    clf.policy_ = policy
+    return DistilledModel(clf, features, feature_names, meta.get("card", {}), adapters)
+
+
+def _pm(stats: dict[str, float] | None) -> str:
+    return "–" if not stats else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
 
 
 def model_card(model: DistilledModel) -> str:
+    """The README.md of a model directory: what it reads, how it selects, how well, from what."""
     card = model.card
     f = model.features
+    policy = model.policy
     lines = [
         "# critstep distilled step selector",
         "",
         "Predicts which steps of an agent trajectory an LLM teacher would mark critical (ATLaS-style).",
-        "Load it with `critstep select TRAJ --selector distilled --model DIR`.",
+        "Use it with `critstep select TRAJ --selector distilled --model DIR` (the shipped model needs no `--model`).",
         "",
         "## Features",
         f"- groups: {', '.join(f.groups)}; {len(model.feature_names)} columns (neighbour context: {f.context})",
         *([f"- embedder: `{f.embedder}` ({f.dtype})"] if "semantic" in f.groups else []),
         *([f"- LM: `{f.lm}` ({f.dtype}; window {f.window_tokens} tokens, observations cut to {f.message_tokens}, steps to {f.step_tokens})"]
-          if "token" in f.groups else []),
+          if {"token", "hidden"} & set(f.groups) else []),
         "",
-        "## Model",
-        f"- classifier: {model.classifier.classifier}, Platt-calibrated on out-of-fold scores; threshold-mode cut {model.classifier.threshold_:.2f}",
+        "## Model and selection",
+        f"- classifier: {model.classifier.classifier}, Platt-calibrated on out-of-fold scores (grouped by trajectory)",
+        f"- default selection mode: **{policy.mode}** (threshold {policy.threshold:.2f}; count = round({policy.count_scale:.2f} x sum of "
+        "probabilities); the --ratio cap always applies, at least one step is kept)",
     ]
+    if policy.fit_f1:
+        lines.append("- chosen on out-of-fold predictions of the training data: " + ", ".join(f"{m} F1 {v:.3f}" for m, v in policy.fit_f1.items()))
+    if model.adapters:
+        lines.append(f"- adapted to: {', '.join(sorted(model.adapters))} (an adapter per env, see the adaptation section)")
+    adapted = card.get("adapted_from")
+    if adapted:
+        lines += ["", "## Adaptation", *(f"- {k}: {v}" for k, v in adapted.items())]
     data = card.get("training_data", {})
     if data:
         lines += ["", "## Training data", *(f"- {k}: {v}" for k, v in data.items())]
     cv = card.get("cv", {})
     if cv:
-        lines += ["", f"## Cross-validated agreement with the teacher ({cv.get('folds')}-fold, grouped by trajectory)", ""]
-        lines += ["| mode | F1 | precision | recall | kappa |", "|---|---|---|---|---|"]
-        for mode in ("ratio", "threshold"):
-            m = cv.get(mode)
-            if m:
-                lines.append(f"| {mode} | {m['f1']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['kappa']:.3f} |")
-        scores = cv.get("ratio", {})
+        lines += ["", f"## Cross-validated agreement with the teacher ({cv.get('folds')}-fold grouped by trajectory, "
+                  f"{cv.get('repeats', 1)} repeat(s); mean ± std over repeats)", ""]
+        envs = list(cv.get("threshold", {}).get("spread", {}).get("per_env_f1", {}))
+        lines += ["| mode | micro F1 | macro F1 | " + " | ".join(envs) + " |", "|---" * (3 + len(envs)) + "|"]
+        for mode in ("default", "threshold", "count", "ratio"):
+            spread = cv.get(mode, {}).get("spread")
+            if spread:
+                per = spread.get("per_env_f1", {})
+                lines.append(f"| {mode} | {_pm(spread['f1'])} | {_pm(spread.get('macro_f1'))} | " + " | ".join(_pm(per.get(e)) for e in envs) + " |")
+        scores = cv.get("threshold", {})
         if scores.get("auroc") is not None:
-            lines += ["", f"AUROC {scores['auroc']:.3f}, average precision {scores['average_precision']:.3f}, Brier {scores['brier']:.4f}, ECE {scores['ece']:.4f}."]
+            lines += ["", f"AUROC {scores['auroc']:.3f}, average precision {scores['average_precision']:.3f}, Brier {scores['brier']:.4f}, "
+                      f"ECE {scores['ece']:.4f} (first repeat)."]
     lines += ["", "## Versions", *(f"- {k} {v}" for k, v in card.get("versions", {}).items()), ""]
     return "\n".join(lines)

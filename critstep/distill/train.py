@@ -1,8 +1,10 @@
-"""Training the distilled selector: grouped cross-validation, then a final fit on all labels.
+"""Training the distilled selector: repeated grouped cross-validation, then a final fit on all labels.
 
-`train_distilled` is what `critstep distill` runs; the demo and the active-labeling loop call it
-directly. `cross_validate` is the honest estimate: folds are whole trajectories, and the
-calibration and threshold of each fold's model come from inner folds of its training part only.
+`train_distilled` is what `critstep distill` runs; the demo, `compare` and the benchmarks call
+it (or `cross_validate`) directly. `cross_validate` is the honest estimate: folds are whole
+trajectories (stratified by env, so every fold sees every env), and the calibration, threshold,
+count scale and default mode of each fold's model come from inner folds of its training part only.
+With `repeats` > 1 the split is redrawn with other seeds and the spread over repeats is reported.
 """
 
 from __future__ import annotations
@@ -15,66 +17,126 @@ from typing import Any
 import numpy as np
 
 from critstep.distill.dataset import StepDataset, build_dataset
-from critstep.distill.estimator import StepClassifier, select_by_scores
+from critstep.distill.estimator import StepClassifier
 from critstep.distill.features import FeatureConfig, FeatureExtractor
 from critstep.distill.metrics import evaluate_selections
 from critstep.distill.persistence import MODEL_KIND, DistilledModel, save_model, versions
+from critstep.distill.policy import MODES, SelectionPolicy
 from critstep.errors import InputError
 from critstep.io import check_replaceable_dir
 from critstep.labels import TrajectoryLabels
 from critstep.selection import DEFAULT_RATIO, Selection
 from critstep.trajectory import Trajectory
 
+# "default" = each fold model's own choice of mode (what `critstep select` does with no flag)
+CV_MODES = ("default", *MODES)
+
 
 def selections_from_proba(
-    index: Sequence[tuple[str, int]], proba: np.ndarray, ratio: float = DEFAULT_RATIO, threshold: float | None = None
+    index: Sequence[tuple[str, int]],
+    proba: np.ndarray,
+    ratio: float = DEFAULT_RATIO,
+    policy: SelectionPolicy | None = None,
+    mode: str = "ratio",
 ) -> dict[str, Selection]:
-    """Per trajectory, the capped top-k (or threshold-mode) selection, with the probabilities as scores."""
+    """Per trajectory, the selection `policy` makes in `mode` (without a policy: the top of the
+    cap), with the probabilities as scores."""
+    policy = policy or SelectionPolicy()
     rows: dict[str, list[int]] = {}
     for i, (tid, _) in enumerate(index):
         rows.setdefault(tid, []).append(i)
-    out: dict[str, Selection] = {}
-    for tid, idx in rows.items():
-        p = proba[idx]
-        out[tid] = Selection(tid, select_by_scores(p, ratio, threshold), scores=[float(v) for v in p])
+    return {tid: Selection(tid, policy.select(proba[idx], ratio, mode), scores=[float(v) for v in proba[idx]]) for tid, idx in rows.items()}
+
+
+def cv_splits(envs: Sequence[str], folds: int, repeats: int = 1, seed: int = 0) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(repeat, train, test) trajectory indices: `repeats` shuffled k-fold splits stratified by env
+    (envs with fewer trajectories than folds are pooled), repeat r shuffled with seed + r."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = Counter(envs)
+    strata = np.array([e if counts[e] >= folds else "(small envs)" for e in envs])
+    if Counter(strata).most_common()[-1][1] < folds:
+        strata[:] = "all"  # too few to stratify at all
+    out = []
+    for r in range(repeats):
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed + r)
+        out += [(r, train, test) for train, test in splitter.split(np.zeros(len(envs)), strata)]
     return out
 
 
-def out_of_fold(data: StepDataset, folds: int, make: Callable[[], StepClassifier]) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, per-row threshold of the fold's model), every row predicted by a model that never saw its trajectory."""
-    from sklearn.model_selection import GroupKFold
-
-    proba = np.zeros(len(data.y))
-    thresholds = np.zeros(len(data.y))
-    for train, test in GroupKFold(folds).split(data.X, data.y, data.groups):
-        clf = make().fit(data.X[train], data.y[train], groups=data.groups[train])
-        proba[test] = clf.predict_proba(data.X[test])[:, 1]
-        thresholds[test] = clf.threshold_
-    return proba, thresholds
-
-
 def cross_validate(
-    data: StepDataset, labels: Mapping[str, TrajectoryLabels], folds: int = 5, ratio: float = DEFAULT_RATIO, **classifier: Any
+    data: StepDataset,
+    labels: Mapping[str, TrajectoryLabels],
+    folds: int = 5,
+    ratio: float = DEFAULT_RATIO,
+    repeats: int = 1,
+    seed: int = 0,
+    progress: bool = False,
+    make: Callable[[], Any] | None = None,
+    **classifier: Any,
 ) -> dict[str, Any]:
-    """Grouped k-fold metrics in ratio mode (top-k at the cap) and threshold mode."""
-    n_groups = len(set(data.groups))
+    """Repeated grouped k-fold CV: per mode, the full metrics of the first repeat and the spread
+    (F1, macro F1 over envs, per-env F1) over all repeats; "proba" and "selections" (per mode)
+    hold the first repeat's out-of-fold probabilities per row and selections per trajectory.
+
+    `make` builds the model of each fold (default: a `StepClassifier` with `classifier`'s
+    parameters); it must fit with groups and carry a `policy_`."""
+    import sys
+
+    from tqdm import tqdm
+
+    n_groups = len(data.trajectories)
     if n_groups < folds:
         raise InputError(f"{n_groups} labeled trajectories: too few for {folds}-fold cross-validation")
     classifier.setdefault("ratio", ratio)
-    proba, thresholds = out_of_fold(data, folds, lambda: StepClassifier(**classifier))
+    classifier.setdefault("random_state", seed)
+    make = make or (lambda: StepClassifier(**classifier))
+    rows_of = {t.id: np.flatnonzero(data.groups == t.id) for t in data.trajectories}
     by_id = {t.id: t for t in data.trajectories}
     gold = {t.id: labels[t.id] for t in data.trajectories}
-    ratio_sel = selections_from_proba(data.index, proba, ratio)
-    threshold_sel: dict[str, Selection] = {}
-    for tid in ratio_sel:
-        rows = np.flatnonzero(data.groups == tid)
-        threshold_sel |= selections_from_proba([data.index[i] for i in rows], proba[rows], ratio, float(thresholds[rows[0]]))
-    return {
-        "folds": folds,
-        "ratio": evaluate_selections(ratio_sel, gold, by_id),
-        "threshold": evaluate_selections(threshold_sel, gold, by_id),
-        "proba": proba,
-    }
+    splits = cv_splits([t.env for t in data.trajectories], folds, repeats, seed)
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in CV_MODES}
+    chosen: Counter[str] = Counter()
+    first_proba = np.zeros(len(data.y))
+    selections: dict[str, dict[str, Selection]] = {m: {} for m in CV_MODES}
+    first_selections: dict[str, dict[str, Selection]] = {}
+    for k, (r, train, test) in enumerate(tqdm(splits, desc="cross-validation", unit="fold", disable=not progress, file=sys.stderr)):
+        train_rows = np.concatenate([rows_of[data.trajectories[i].id] for i in train])
+        clf = make().fit(data.X[train_rows], data.y[train_rows], groups=data.groups[train_rows])
+        chosen[clf.policy_.mode] += 1
+        for i in test:
+            t = data.trajectories[i]
+            rows = rows_of[t.id]
+            p = clf.predict_proba(data.X[rows])[:, 1]
+            if r == 0:
+                first_proba[rows] = p
+            for mode in CV_MODES:
+                steps = clf.policy_.select(p, ratio, None if mode == "default" else mode)
+                selections[mode][t.id] = Selection(t.id, steps, scores=[float(v) for v in p])
+        if k + 1 == len(splits) or splits[k + 1][0] != r:  # a repeat is complete
+            for mode in CV_MODES:
+                runs[mode].append(evaluate_selections(selections[mode], gold, by_id))
+            first_selections = first_selections or selections
+            selections = {m: {} for m in CV_MODES}
+    out: dict[str, Any] = {"folds": folds, "repeats": repeats, "default_mode_chosen": dict(chosen), "proba": first_proba,
+                           "selections": first_selections}
+    for mode in CV_MODES:
+        out[mode] = runs[mode][0] | {"spread": spread(runs[mode])}
+    return out
+
+
+def spread(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean, standard deviation and range over repeats of micro F1, macro F1 and per-env F1."""
+
+    def stats(values: list[float]) -> dict[str, float]:
+        v = np.asarray(values, dtype=float)
+        return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+
+    out = {"repeats": len(runs), "f1": stats([m["f1"] for m in runs])}
+    if all(m.get("macro_f1") is not None for m in runs):
+        out["macro_f1"] = stats([m["macro_f1"] for m in runs])
+    out["per_env_f1"] = {e: stats([m["per_env"][e]["f1"] for m in runs]) for e in runs[0]["per_env"]}
+    return out
 
 
 def training_stats(data: StepDataset, labels: Mapping[str, TrajectoryLabels]) -> dict[str, Any]:
@@ -101,6 +163,8 @@ def train_distilled(
     cache: str | Path | None = "default",
     seed: int = 0,
     extractor: FeatureExtractor | None = None,
+    repeats: int = 1,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Cross-validate (folds >= 2), fit on every labeled trajectory, save to `out_dir` (if given).
 
@@ -109,22 +173,23 @@ def train_distilled(
     """
     if out_dir is not None:
         check_replaceable_dir(out_dir, MODEL_KIND)  # fail before training, not after
-    extractor = extractor or FeatureExtractor(features, device=device, cache=cache)
+    extractor = extractor or FeatureExtractor(features, device=device, cache=cache, progress=progress)
     data = build_dataset(extractor, trajectories, labels)
     if len(data.y) == 0 or data.y.sum() == 0 or data.y.sum() == len(data.y):
         raise InputError("the labels need both critical and non-critical steps to train on")
     params = {"classifier": classifier, "ratio": ratio, "random_state": seed}
     report: dict[str, Any] = {"training_data": training_stats(data, labels), "classifier": classifier}
     if folds >= 2:
-        cv = cross_validate(data, labels, folds, **params)
+        cv = cross_validate(data, labels, folds, repeats=repeats, seed=seed, progress=progress, **params)
         cv.pop("proba")
+        cv.pop("selections")
         report["cv"] = cv
     clf = StepClassifier(**params).fit(data.X, data.y, groups=data.groups)
     card = {"training_data": report["training_data"], "cv": report.get("cv", {}), "versions": versions(),
-            # so that `compare` can tell when it is asked to score the model on its own training data
+            # so that `compare` and `evaluate` can tell when the model is scored on its own training data
             "training_ids": sorted(str(g) for g in set(data.groups))}
     model = DistilledModel(clf, extractor.config, extractor.feature_names(), card)
-    report["threshold"] = clf.threshold_
+    report["policy"] = clf.policy_.to_dict()
     report["model"] = model
     if out_dir is not None:
         report["out_dir"] = str(save_model(model, out_dir))

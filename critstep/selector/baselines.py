@@ -60,9 +60,10 @@ class PerplexitySelector(Selector):
         window_tokens: int = token_features.DEFAULT_WINDOW_TOKENS,
         dtype: str = token_features.DEFAULT_DTYPE,
         cache: str | Path | None = "default",
+        progress: bool = False,
     ):
         config = FeatureConfig(groups=("token",), lm=lm, window_tokens=window_tokens, dtype=dtype)
-        self.extractor = FeatureExtractor(config, device=device, cache=cache)
+        self.extractor = FeatureExtractor(config, device=device, cache=cache, progress=progress)
 
     def select(self, trajectories: Sequence[Trajectory], ratio: float = DEFAULT_RATIO) -> dict[str, Selection]:
         out: dict[str, Selection] = {}

@@ -200,7 +200,8 @@ class CascadeSelector(Selector):
     """Distilled selector everywhere, oracle on the least certain trajectories within a budget.
 
     `distilled` is any selector whose selections carry calibrated step probabilities (built from
-    `model_dir` when not given); `oracle` anything with `label`/`estimate` like `OracleLabeler`
+    `model_dir` when not given, in the model's default selection mode; without `model_dir`, the
+    model shipped with critstep); `oracle` anything with `label`/`estimate` like `OracleLabeler`
     (built from `oracle_config` when not given). After `select`, `run_` says what was routed
     and spent. `route` does the same for selections scored earlier.
     """
@@ -229,11 +230,9 @@ class CascadeSelector(Selector):
         if uncertainty not in UNCERTAINTIES:
             raise ConfigError(f"unknown uncertainty {uncertainty!r} (known: {', '.join(UNCERTAINTIES)})")
         if distilled is None:
-            if model_dir is None:
-                raise ConfigError("the cascade needs a distilled model: pass model_dir (critstep distill --out DIR)")
             from critstep.selector.distilled import DistilledSelector
 
-            distilled = DistilledSelector(model_dir=model_dir, device=device)
+            distilled = DistilledSelector(model_dir=model_dir, device=device)  # without model_dir: the shipped model
         if oracle is None:
             from critstep.selector.oracle.config import OracleConfig
             from critstep.selector.oracle.labeler import OracleLabeler

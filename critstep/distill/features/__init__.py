@@ -1,4 +1,4 @@
-"""Step features for the distilled selector: semantic, token-level and structural groups.
+"""Step features for the distilled selector: semantic, token-level, LM hidden-state, structural and progress groups.
 
 `FeatureExtractor(config).transform(trajectories)` returns one row per step and the
 (trajectory id, step) of each row. Scalar features are also given with their neighbours'
@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from critstep.distill.features import semantic, structural, token
+from critstep.distill.features import hidden, progress, semantic, structural, token
 from critstep.distill.features.cache import FeatureCache, content_key
 from critstep.errors import ConfigError
 from critstep.models import DEFAULT_CAUSAL_LM, DEFAULT_SENTENCE_MODEL, cache_dir
 from critstep.trajectory import Trajectory
 
-GROUPS = ("semantic", "token", "structural")
+GROUPS = ("semantic", "token", "hidden", "structural", "progress")
 StepIndex = list[tuple[str, int]]
 
 
@@ -37,9 +37,10 @@ def parse_groups(value: str | Sequence[str]) -> tuple[str, ...]:
 class FeatureConfig:
     """Everything the features depend on; saved with a model so selection recomputes them alike."""
 
-    # Measured on the seed labels (benchmarks/agreement.py): token features cost ~10x the rest and
-    # did not add agreement on top of structural ones, so they are opt-in.
-    groups: tuple[str, ...] = ("semantic", "structural")
+    # Chosen on the development split of the seed labels (benchmarks/agreement.py): progress
+    # features add agreement at no model cost; the LM's token and hidden-state features cost
+    # 10x and more and did not add agreement, so they are opt-in.
+    groups: tuple[str, ...] = ("semantic", "structural", "progress")
     embedder: str = DEFAULT_SENTENCE_MODEL
     lm: str = DEFAULT_CAUSAL_LM
     window_tokens: int = token.DEFAULT_WINDOW_TOKENS
@@ -49,7 +50,14 @@ class FeatureConfig:
     # Raw embeddings overfit 100-odd labeled trajectories; a fixed random projection of the step
     # and outcome embeddings to this many dims each (0: similarities only) keeps some content.
     embedding_dims: int = 0
+    # LM hidden states (group "hidden"): each of the step and outcome readouts of the middle layer
+    # projected to this many dims by a fixed random matrix.
+    hidden_dims: int = 32
     context: bool = True  # neighbour values and within-trajectory ranks of the scalar features
+    # The structural group's hashed action/tool names: a vocabulary of one env that means nothing
+    # in another. Without them agreement was as high on the development split, and transfer to
+    # unseen envs is the point; models saved before this setting existed had them.
+    action_hashes: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -60,6 +68,7 @@ class FeatureConfig:
     def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
         d = dict(d)
         d["groups"] = tuple(d.get("groups", cls.groups))
+        d.setdefault("action_hashes", True)  # saved before the setting existed: they had them
         return cls(**d)
 
 
@@ -75,12 +84,16 @@ class Block:
 class FeatureExtractor:
     """Computes (and caches) the configured feature groups; models load on first use only."""
 
-    def __init__(self, config: FeatureConfig | None = None, device: str | None = None, cache: str | Path | None = "default"):
+    def __init__(
+        self, config: FeatureConfig | None = None, device: str | None = None, cache: str | Path | None = "default", progress: bool = False
+    ):
         self.config = config or FeatureConfig()
         self.device = device
+        self.progress = progress  # a bar on stderr while a model computes features that are not cached
         self.cache_root = cache_dir() / "features" if cache == "default" else cache
         self._embedder: Any = None
         self._scorer: token.TokenScorer | None = None
+        self._reader: hidden.HiddenStateReader | None = None
 
     # -- models, loaded lazily so structural-only runs never import torch -----------------------
     def embedder(self) -> Any:
@@ -100,6 +113,13 @@ class FeatureExtractor:
             model, tokenizer = load_causal_lm(c.lm, device=self.device, dtype=self._torch_dtype())
             self._scorer = token.TokenScorer(model, tokenizer, c.window_tokens, c.message_tokens, c.step_tokens)
         return self._scorer
+
+    def reader(self) -> hidden.HiddenStateReader:
+        if self._reader is None:
+            c = self.config
+            scorer = self.scorer()
+            self._reader = hidden.HiddenStateReader(scorer.model, scorer.tokenizer, c.window_tokens, c.message_tokens, c.step_tokens)
+        return self._reader
 
     def _torch_dtype(self) -> Any:
         import torch
@@ -126,9 +146,19 @@ class FeatureExtractor:
         out: list[np.ndarray | None] = [cache.get(k) for k in keys]
         missing = [i for i, v in enumerate(out) if v is None]
         if missing:
-            for i, value in zip(missing, compute([trajectories[i] for i in missing]), strict=True):
-                cache.put(keys[i], value)
-                out[i] = value
+            import sys
+
+            from tqdm import tqdm
+
+            # In chunks, so the cache keeps what is done if the run stops, and a bar can move.
+            chunk = 32 if group == "semantic" else 4
+            with tqdm(total=len(missing), desc=f"{group} features", unit="traj", disable=not self.progress, file=sys.stderr) as bar:
+                for a in range(0, len(missing), chunk):
+                    part = missing[a : a + chunk]
+                    for i, value in zip(part, compute([trajectories[i] for i in part]), strict=True):
+                        cache.put(keys[i], value)
+                        out[i] = value
+                    bar.update(len(part))
         return [v for v in out if v is not None]
 
     def embeddings(self, trajectories: Sequence[Trajectory]) -> list[np.ndarray]:
@@ -136,6 +166,10 @@ class FeatureExtractor:
 
     def token_scores(self, trajectories: Sequence[Trajectory]) -> list[np.ndarray]:
         return self._cached("token", trajectories, lambda ts: self.scorer().score(ts))
+
+    def hidden_states(self, trajectories: Sequence[Trajectory]) -> list[np.ndarray]:
+        """Per trajectory (n_steps, 4, hidden) float16: `hidden.READOUTS` of the LM."""
+        return self._cached("hidden", trajectories, lambda ts: self.reader().read(ts))
 
     def blocks(self, trajectories: Sequence[Trajectory]) -> list[list[Block]]:
         """Per trajectory, one Block per configured group (in GROUPS order)."""
@@ -150,11 +184,18 @@ class FeatureExtractor:
         if "token" in groups:
             for row, scores in zip(per, self.token_scores(trajectories), strict=True):
                 row.append(Block(scores, list(token.NAMES), [True] * len(token.NAMES)))
+        if "hidden" in groups:
+            dims = self.config.hidden_dims
+            for row, states in zip(per, self.hidden_states(trajectories), strict=True):
+                row.append(Block(hidden.project(states, dims), hidden.projection_names(dims), [False] * 2 * dims))
         if "structural" in groups:
+            names = self._structural_names()
             for row, t in zip(per, trajectories, strict=True):
-                values = structural.structural_features(t)
-                scalar = [not n.startswith("action_hash_") for n in structural.NAMES]
-                row.append(Block(values, list(structural.NAMES), scalar))
+                values = structural.structural_features(t)[:, : len(names)]
+                row.append(Block(values, names, [not n.startswith("action_hash_") for n in names]))
+        if "progress" in groups:
+            for row, t in zip(per, trajectories, strict=True):
+                row.append(Block(progress.progress_features(t), list(progress.NAMES), [True] * len(progress.NAMES)))
         return per
 
     def transform(self, trajectories: Sequence[Trajectory]) -> tuple[np.ndarray, StepIndex]:
@@ -173,6 +214,10 @@ class FeatureExtractor:
             return np.zeros((0, width or len(self.feature_names())), dtype=np.float32), index
         return np.vstack(rows), index
 
+    def _structural_names(self) -> list[str]:
+        # the hashed action names come last in structural.NAMES
+        return [n for n in structural.NAMES if self.config.action_hashes or not n.startswith("action_hash_")]
+
     def feature_names(self) -> list[str]:
         """Column names of `transform`'s X (no model is loaded)."""
         names: list[str] = []
@@ -182,8 +227,13 @@ class FeatureExtractor:
                 scalar = [n in semantic.SIMILARITIES for n in base]
             elif group == "token":
                 base, scalar = list(token.NAMES), [True] * len(token.NAMES)
+            elif group == "hidden":
+                base = hidden.projection_names(self.config.hidden_dims)
+                scalar = [False] * len(base)
+            elif group == "progress":
+                base, scalar = list(progress.NAMES), [True] * len(progress.NAMES)
             else:
-                base = list(structural.NAMES)
+                base = self._structural_names()
                 scalar = [not n.startswith("action_hash_") for n in base]
             names += base
             if self.config.context:

@@ -15,7 +15,7 @@ small. On CPUs with bf16 instructions, bfloat16 is ~2.5x faster than float32 for
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,8 @@ class Rendered:
     ids: list[int]
     spans: list[tuple[int, int]]
     step_ids: list[list[int]]
+    # per step, where the messages it caused end (the next step's start, or the end): its outcome
+    outcome_ends: list[int] = field(default_factory=list)
 
 
 def render(
@@ -46,6 +48,7 @@ def render(
     ids: list[int] = []
     spans: list[tuple[int, int]] = []
     step_ids: list[list[int]] = []
+    outcome_ends: list[int] = []
     task = trajectory.task_index or 0
     for i, m in enumerate(trajectory.messages):
         if m.role == "system" or (i < task and not m.is_step):
@@ -59,22 +62,28 @@ def render(
             spans.append((len(ids), len(ids) + len(body)))
             step_ids.append(header + body)
         ids += body + footer
-    return Rendered(ids, spans, step_ids)
+        if m.is_step:
+            outcome_ends.append(len(ids))
+        elif outcome_ends:
+            outcome_ends[-1] = len(ids)
+    return Rendered(ids, spans, step_ids, outcome_ends)
 
 
-def windows(rendered: Rendered, window: int) -> list[tuple[int, list[int]]]:
+def windows(rendered: Rendered, window: int, spans: list[tuple[int, int]] | None = None) -> list[tuple[int, list[int]]]:
     """(start, step indices) per forward pass: each step in the first window that holds it whole
-    with a quarter window of context before it (or all that exists); a longer step is cut."""
+    with a quarter window of context before it (or all that exists); a longer step is cut.
+    `spans` replaces the steps' own spans (e.g. a step with its outcome)."""
+    spans = rendered.spans if spans is None else spans
     context = window // 4
     out: list[tuple[int, list[int]]] = []
     k = 0
-    n = len(rendered.spans)
+    n = len(spans)
     while k < n:
-        start = max(0, rendered.spans[k][0] - context)
+        start = max(0, spans[k][0] - context)
         end = start + window
         members = [k]
         k += 1
-        while k < n and rendered.spans[k][1] <= end:
+        while k < n and spans[k][1] <= end:
             members.append(k)
             k += 1
         out.append((start, members))

@@ -1,0 +1,175 @@
+"""The distilled model as users meet it: the shipped model and its default mode, models saved by
+the previous release, damaged or hostile model files, adapting to a new env, out-of-sample scoring."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from critstep.cli import cli
+from critstep.distill.features import FeatureExtractor
+from critstep.distill.persistence import SHIPPED_MODEL, default_model_dir, load_model
+from critstep.distill.policy import MODES
+from critstep.errors import ModelError
+from critstep.formats import read_trajectories, write_trajectories
+from critstep.labels import read_labels, write_labels
+from critstep.selection import step_cap
+from critstep.selector import build_selector
+from critstep.selector.distilled import DistilledSelector
+
+FORMAT1 = Path(__file__).parent / "data" / "distilled-format1"
+SAMPLE = Path(__file__).resolve().parents[1] / "critstep" / "data" / "sample"
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def test_a_model_saved_by_the_previous_release_still_loads_and_scores_alike() -> None:
+    # tests/data/distilled-format1 was written by critstep 0.1 (model format 1), and expected.json
+    # holds what that release computed with it on the bundled sample.
+    expected = json.loads((FORMAT1 / "expected.json").read_text())
+    trajectories = [t for t in read_trajectories(SAMPLE / "trajectories.jsonl") if t.id in expected["trajectories"]]
+    model = load_model(FORMAT1)
+    assert model.policy.mode == "threshold"  # the old model gets the new default: the mode that agrees best
+    selector = DistilledSelector(FORMAT1, cache=None)
+    scores = selector.score(trajectories)
+    for t in trajectories:
+        assert np.allclose(scores[t.id], expected["proba"][t.id], atol=1e-6)
+    assert {k: v.steps for k, v in selector.select(trajectories).items()} == expected["threshold_selection"]
+
+
+def _copy_with_skops(tmp_path: Path, payload: bytes) -> Path:
+    d = tmp_path / "model"
+    shutil.copytree(FORMAT1, d)
+    (d / "model.skops").write_bytes(payload)
+    return d
+
+
+def test_a_pickle_or_a_dict_in_model_skops_fails_in_one_line_before_any_feature(tmp_path: Path, monkeypatch) -> None:
+    import skops.io as sio
+
+    def no_features(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("features were computed before the model was checked")
+
+    monkeypatch.setattr(FeatureExtractor, "transform", no_features)
+    monkeypatch.setattr(FeatureExtractor, "blocks", no_features)
+    traj = SAMPLE / "trajectories.jsonl"
+    pickled = _copy_with_skops(tmp_path / "p", pickle.dumps({"not": "a model"}))
+    code, output = run("select", str(traj), "--model", str(pickled), "--out", str(tmp_path / "o.jsonl"))
+    assert code == 1 and "not a skops archive" in output and "never loads pickles" in output and "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1
+    holder = tmp_path / "d"
+    holder.mkdir()
+    sio.dump({"not": "a model"}, holder / "x.skops")
+    as_dict = _copy_with_skops(tmp_path / "q", (holder / "x.skops").read_bytes())
+    code, output = run("select", str(traj), "--model", str(as_dict), "--out", str(tmp_path / "o.jsonl"))
+    assert code == 1 and "holds a dict" in output and len(output.strip().splitlines()) == 1
+    with pytest.raises(ModelError, match="holds a dict"):
+        DistilledSelector(as_dict)
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_damaged_model_json_is_one_line(tmp_path: Path) -> None:
+    d = _copy_with_skops(tmp_path, (FORMAT1 / "model.skops").read_bytes())
+    meta = json.loads((d / "model.json").read_text())
+    meta["feature_names"] = meta["feature_names"][:-3]
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="expects 152 features"):
+        load_model(d)
+    del meta["classifier"]
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="cannot read the model"):
+        load_model(d)
+
+
+def test_the_shipped_model_is_the_default_and_selects_in_its_own_mode() -> None:
+    d = default_model_dir()
+    assert d.name == SHIPPED_MODEL and (d / "model.skops").exists() and (d / "README.md").exists()
+    model = load_model(d)
+    assert model.policy.mode in ("threshold", "count") and model.card["training_data"]["trajectories"] == 306
+    assert len(model.card["training_ids"]) == 306 and model.card["cv"]["repeats"] >= 3
+    trajectories = read_trajectories(SAMPLE / "trajectories.jsonl")[:6]
+    selector = build_selector("distilled", cache=None)  # no model_dir: the shipped model
+    assert selector.model_dir == d
+    scores = selector.score(trajectories)
+    chosen = selector.select(trajectories, ratio=0.3)
+    for t in trajectories:
+        assert chosen[t.id].steps == model.policy.select(scores[t.id], 0.3, model.policy.mode)
+        assert 1 <= len(chosen[t.id].steps) <= step_cap(t.n_steps, 0.3)
+    assert set(MODES) == {"threshold", "count", "ratio"}
+
+
+@pytest.fixture(scope="module")
+def seed_slice(shared: Path, tmp_path_factory) -> Path:
+    """12 seed trajectories (the shipped model's training data) and their labels, as files."""
+    d = tmp_path_factory.mktemp("seed")
+    corpus = read_trajectories(shared / "corpus.jsonl")
+    labels = read_labels(shared / "seed_labels.jsonl", corpus)
+    by_env: dict[str, list[str]] = {}
+    for t in corpus:
+        if t.id in labels and t.env in ("alfworld", "qa-search", "tau-airline") and len(by_env.setdefault(t.env, [])) < 4:
+            by_env[t.env].append(t.id)
+    ids = [i for v in by_env.values() for i in v]
+    write_trajectories(d / "traj.jsonl", [t for t in corpus if t.id in ids])
+    write_labels(d / "labels.jsonl", [labels[i] for i in ids])
+    return d
+
+
+def test_compare_without_model_cross_fits_where_the_shipped_model_saw_the_data(seed_slice: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    code, output = run("compare", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--out", str(out),
+                       "--selectors", "distilled,random", "--device", "cpu")
+    assert code == 0, output
+    assert "cross-fitting" in output
+    report = json.loads((out / "report.json").read_text())
+    row = next(r for r in report["selectors"] if r["name"] == "distilled")
+    assert any("cross-fitted" in n and "out of sample" in n for n in row["notes"])
+    assert not any("in-sample" in n for n in row["notes"]) and 0.2 < row["f1"] < 1.0
+
+
+def test_evaluate_scores_a_partial_file_and_warns_in_sample(seed_slice: Path, tmp_path: Path) -> None:
+    pred = tmp_path / "pred.jsonl"
+    code, output = run("select", str(seed_slice / "traj.jsonl"), "--out", str(pred), "--device", "cpu")
+    assert code == 0, output
+    half = read_trajectories(pred)[::3]
+    write_trajectories(tmp_path / "part.jsonl", half)
+    code, output = run("evaluate", "--pred", str(tmp_path / "part.jsonl"), "--gold", str(seed_slice / "labels.jsonl"), "--json")
+    assert code == 0, output
+    assert f"scoring the {len(half)} of 12 labeled trajectories" in output
+    assert "training data of the shipped distilled model" in output and "in-sample" in output
+    metrics = json.loads(output[output.index("{"):])
+    assert metrics["n_trajectories"] == len(half)
+
+
+def test_distill_base_adapts_the_shipped_model_to_an_env(seed_slice: Path, tmp_path: Path) -> None:
+    out = tmp_path / "adapted"
+    code, output = run("distill", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--base", "shipped",
+                       "--out", str(out), "--device", "cpu")
+    assert code == 0, output
+    assert "tau-airline: 4 labeled trajectories; F1 base" in output and "training data of the base model" in output
+    adapted = load_model(out)
+    assert set(adapted.adapters) == set(adapted.policy.env_thresholds) == {"alfworld", "qa-search", "tau-airline"}
+    assert adapted.card["adapted_from"]["base"] == SHIPPED_MODEL and "Adaptation" in (out / "README.md").read_text()
+    base = load_model(default_model_dir())
+    trajectories = read_trajectories(seed_slice / "traj.jsonl")
+    tau = [t for t in trajectories if t.env == "tau-airline"]
+    X, _ = FeatureExtractor(base.features, cache=None).transform(tau)
+    # the adapter moves the scores of its env, and only of its env
+    assert not np.allclose(adapted.raw_scores(X, ["tau-airline"] * len(X)), base.raw_scores(X, ["tau-airline"] * len(X)))
+    assert np.allclose(adapted.raw_scores(X, ["webshop"] * len(X)), base.raw_scores(X, ["webshop"] * len(X)))
+    code, output = run("select", str(seed_slice / "traj.jsonl"), "--model", str(out), "--out", str(tmp_path / "s.jsonl"), "--device", "cpu")
+    assert code == 0, output
+    code, output = run("distill", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--base", "nowhere",
+                       "--out", str(tmp_path / "x"))
+    assert code == 1 and "no such model directory" in output
+    code, output = run("distill", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--base", str(out),
+                       "--out", str(out))
+    assert code == 1 and "--base" in output and "Traceback" not in output and load_model(out).adapters  # the base is left as it was
