@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from critstep.trajectory import Trajectory
 
@@ -33,6 +36,27 @@ class Selection:
 
     def __post_init__(self) -> None:
         self.steps = sorted(set(self.steps))
+
+
+def top_k(scores: Sequence[float] | np.ndarray, ratio: float = DEFAULT_RATIO) -> list[int]:
+    """The indices of the `step_cap` highest scores; ties go to the earlier step (stable)."""
+    scores = np.asarray(scores, dtype=float)
+    k = step_cap(len(scores), ratio)
+    order = np.argsort(-scores, kind="stable")[:k]
+    return sorted(int(i) for i in order)
+
+
+def expected_disagreement(probabilities: Sequence[float] | np.ndarray, steps: Sequence[int]) -> float:
+    """Expected number of steps on which the teacher would differ from `steps`.
+
+    With calibrated, independent step probabilities p, a chosen step is wrong with chance 1 - p
+    and a skipped one with chance p. The sum is what one oracle call is expected to fix, which is
+    why it ranks trajectories for the cascade.
+    """
+    p = np.clip(np.asarray(probabilities, dtype=float), 0.0, 1.0)
+    chosen = np.zeros(len(p), dtype=bool)
+    chosen[list(steps)] = True
+    return float((1 - p[chosen]).sum() + p[~chosen].sum())
 
 
 def selected_steps(trajectory: Trajectory) -> list[int] | None:

@@ -14,15 +14,14 @@ from critstep.errors import ConfigError
 from critstep.formats import read_trajectories
 from critstep.io import write_jsonl
 from critstep.labels import CriticalStep, TrajectoryLabels
-from critstep.selection import DEFAULT_RATIO, Selection
-from critstep.selector.base import Selector, top_k
+from critstep.selection import DEFAULT_RATIO, Selection, expected_disagreement, top_k
+from critstep.selector.base import Selector
 from critstep.selector.cascade import (
     Budget,
     Candidate,
     CascadeSelector,
     RecordedOracle,
     boundary_margin,
-    expected_disagreement,
     plan_routes,
     uncertainty,
 )

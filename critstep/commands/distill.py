@@ -96,9 +96,12 @@ def command(
     )
     report.pop("model")
     if suggest_n is not None and out_suggest is not None:
-        from critstep.distill.active import suggest_with_model, write_suggestions
+        from critstep.distill.active import suggest, trajectory_embeddings, write_suggestions
+        from critstep.selector.distilled import DistilledSelector
 
-        picks = suggest_with_model(report["out_dir"], trajectories, labels, suggest_n, ratio, device, cache_arg(cache_dir, no_cache))
+        # the model just written scores the unlabeled trajectories (features cached for a later select)
+        model = DistilledSelector(report["out_dir"], device=device, cache=cache_arg(cache_dir, no_cache))
+        picks = suggest(trajectories, labels, suggest_n, model.score, lambda ts: trajectory_embeddings(model.extractor, ts), ratio)
         write_suggestions(out_suggest, picks)
         click.echo(f"{len(picks)} trajectories to label next written to {out_suggest}", err=True)
     if as_json:

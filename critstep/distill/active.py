@@ -19,9 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from critstep.io import write_jsonl
-from critstep.selection import DEFAULT_RATIO
-from critstep.selector.base import top_k
-from critstep.selector.cascade import expected_disagreement
+from critstep.selection import DEFAULT_RATIO, expected_disagreement, top_k
 from critstep.trajectory import Trajectory
 
 Scorer = Callable[[Sequence[Trajectory]], Mapping[str, np.ndarray]]
@@ -100,26 +98,6 @@ def trajectory_embeddings(extractor: Any, trajectories: Sequence[Trajectory]) ->
     per = extractor.embeddings(trajectories)
     dim = next((e.shape[-1] for e in per if e.size), 1)
     return np.stack([e.reshape(-1, e.shape[-1]).mean(axis=0) if e.size else np.zeros(dim, dtype=np.float32) for e in per])
-
-
-def suggest_with_model(
-    model_dir: str | Path,
-    trajectories: Sequence[Trajectory],
-    labeled_ids: Collection[str],
-    n: int,
-    ratio: float = DEFAULT_RATIO,
-    device: str | None = None,
-    cache: str | Path | None = "default",
-) -> list[Suggestion]:
-    """`suggest` with a saved distilled model: its probabilities and its features' embeddings.
-
-    Scoring the unlabeled trajectories computes their features once (cached, so a later
-    `critstep select` on the same data does not pay again).
-    """
-    from critstep.selector.distilled import DistilledSelector
-
-    model = DistilledSelector(model_dir, device=device, cache=cache)
-    return suggest(trajectories, labeled_ids, n, model.score, lambda ts: trajectory_embeddings(model.extractor, ts), ratio)
 
 
 def write_suggestions(path: str | Path, suggestions: Iterable[Suggestion]) -> None:

@@ -10,7 +10,8 @@ import importlib
 from typing import Any
 
 from critstep.errors import ConfigError
-from critstep.selector.base import Selector, top_k
+from critstep.selection import top_k
+from critstep.selector.base import Selector
 
 # name -> (module, class); each class takes its options as keyword arguments.
 SELECTORS: dict[str, tuple[str, str]] = {

@@ -5,9 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-import numpy as np
-
-from critstep.selection import DEFAULT_RATIO, Selection, step_cap
+from critstep.selection import DEFAULT_RATIO, Selection
 from critstep.trajectory import Trajectory
 
 
@@ -27,11 +25,3 @@ class Selector(ABC):
 
     @abstractmethod
     def select(self, trajectories: Sequence[Trajectory], ratio: float = DEFAULT_RATIO) -> dict[str, Selection]: ...
-
-
-def top_k(scores: Sequence[float] | np.ndarray, ratio: float = DEFAULT_RATIO) -> list[int]:
-    """The indices of the `step_cap` highest scores; ties go to the earlier step (stable)."""
-    scores = np.asarray(scores, dtype=float)
-    k = step_cap(len(scores), ratio)
-    order = np.argsort(-scores, kind="stable")[:k]
-    return sorted(int(i) for i in order)

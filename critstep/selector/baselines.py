@@ -10,8 +10,8 @@ import numpy as np
 from critstep.distill.features import FeatureConfig, FeatureExtractor
 from critstep.distill.features import token as token_features
 from critstep.models import DEFAULT_CAUSAL_LM
-from critstep.selection import DEFAULT_RATIO, Selection
-from critstep.selector.base import Selector, top_k
+from critstep.selection import DEFAULT_RATIO, Selection, top_k
+from critstep.selector.base import Selector
 from critstep.trajectory import Trajectory
 
 

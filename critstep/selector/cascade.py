@@ -24,7 +24,7 @@ import numpy as np
 
 from critstep.errors import ConfigError
 from critstep.labels import TrajectoryLabels
-from critstep.selection import DEFAULT_RATIO, Selection
+from critstep.selection import DEFAULT_RATIO, Selection, expected_disagreement
 from critstep.selector.base import Selector
 from critstep.trajectory import Trajectory
 
@@ -87,19 +87,6 @@ class Budget:
         if self.usd is not None:
             parts.append(f"${self.usd:g}")
         return " + ".join(parts)
-
-
-def expected_disagreement(probabilities: Sequence[float] | np.ndarray, steps: Sequence[int]) -> float:
-    """Expected number of steps on which the teacher would differ from `steps`.
-
-    With calibrated, independent step probabilities p, a chosen step is wrong with chance 1 - p
-    and a skipped one with chance p. The sum is what one oracle call is expected to fix, which is
-    why it ranks trajectories for the cascade.
-    """
-    p = np.clip(np.asarray(probabilities, dtype=float), 0.0, 1.0)
-    chosen = np.zeros(len(p), dtype=bool)
-    chosen[list(steps)] = True
-    return float((1 - p[chosen]).sum() + p[~chosen].sum())
 
 
 def boundary_margin(probabilities: Sequence[float] | np.ndarray, steps: Sequence[int]) -> float:
