@@ -139,6 +139,9 @@ def test_one_line_errors(tiny, data, tmp_path):
     bad_labels = tmp_path / "bad.jsonl"
     bad_labels.write_text(json.dumps({"id": "toy/0", "n_steps": 9, "critical": []}) + "\n")
     cases.append(([str(trajectories), "--model", str(tiny), "--out", str(tmp_path / "o"), "--labels", str(bad_labels)], "count 9 steps"))
+    no_steps = tmp_path / "no-steps.jsonl"  # nothing to generate: one line, not a traceback after the model loaded
+    no_steps.write_text(json.dumps({"id": "q", "messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    cases.append(([str(no_steps), "--model", str(tiny), "--out", str(tmp_path / "o2")], "has an agent step"))
     for args, message in cases:
         result = CliRunner().invoke(cli, ["eval", *args])
         assert result.exit_code != 0 and message in result.output, (args, result.output)

@@ -162,6 +162,8 @@ def _read_offline(trajectories: str, labels: Path | None, limit: int | None, fmt
     from critstep.labels import read_labels
 
     chosen = read_trajectories(trajectories, fmt, limit=limit)
+    if not any(t.n_steps for t in chosen):
+        raise InputError(f"none of the {len(chosen)} trajectories has an agent step to evaluate", trajectories)
     if labels is None:
         return chosen, None
     by_id = {t.id: t for t in chosen}
