@@ -220,9 +220,15 @@ def _live(env_name: str, agent: Any, tasks: str | None, episodes: int | None, ma
     from critstep.io import write_jsonl
 
     env = build_env(env_name)
+    finished: list[Any] = []
     try:
         specs = env.suite([t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, episodes)
-        results = run_live(env, agent, specs, max_steps, progress=not quiet)
+        results = run_live(env, agent, specs, max_steps, progress=not quiet, on_episode=finished.append)
+    except BaseException:  # a crash or Ctrl-C mid-suite: the episodes already played are kept
+        if finished:
+            write_jsonl(out / "episodes.jsonl", ({**e.summary(), "transcript": e.transcript} for e in finished))
+            click.echo(f"the {len(finished)} finished episodes are in {out / 'episodes.jsonl'}", err=True)
+        raise
     finally:
         env.close()
     write_jsonl(out / "episodes.jsonl", ({**e.summary(), "transcript": e.transcript} for e in results))
