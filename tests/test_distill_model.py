@@ -93,6 +93,9 @@ def test_damaged_model_json_is_one_line(tmp_path: Path) -> None:
         (d / "model.json").write_text(json.dumps(shipped | {"policy": shipped["policy"] | bad}))
         with pytest.raises(ModelError, match="must be numbers"):  # not a numpy error once the features are paid for
             load_model(d)
+    (d / "model.json").write_text(json.dumps(shipped | {"features": shipped["features"] | {"groups": ["semantic", "sentiment"]}}))
+    with pytest.raises(ModelError, match="unknown feature group"):
+        load_model(d)
 
 
 def test_an_adapter_of_another_feature_count_fails_in_one_line_when_loaded(tmp_path: Path) -> None:
