@@ -180,7 +180,14 @@ def _offline(chosen: list[Any], gold: dict[str, Any] | None, agent: Any, out: Pa
     from critstep.evaluation.report import write_offline_report
     from critstep.io import write_jsonl
 
-    run = evaluate_offline(chosen, agent, gold, progress=not quiet, steps_per_trajectory=steps_per_trajectory)
+    done: list[Any] = []
+    try:
+        run = evaluate_offline(chosen, agent, gold, progress=not quiet, steps_per_trajectory=steps_per_trajectory, records=done)
+    except BaseException:  # a crash or Ctrl-C midway: the steps already generated (maybe paid for) are kept
+        if done:
+            write_jsonl(out / "predictions.jsonl", (r.to_dict() for r in done))
+            click.echo(f"the {len(done)} steps generated before the run stopped are in {out / 'predictions.jsonl'}", err=True)
+        raise
     write_jsonl(out / "predictions.jsonl", (r.to_dict() for r in run.records))
     steps = len(run.records)
     t = agent.timing
