@@ -88,6 +88,29 @@ def test_damaged_model_json_is_one_line(tmp_path: Path) -> None:
     (d / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="cannot read the model"):
         load_model(d)
+    shipped = json.loads((default_model_dir() / "model.json").read_text())
+    for bad in ({"threshold": "0.3x"}, {"env_thresholds": {"tau-airline": None}}):
+        (d / "model.json").write_text(json.dumps(shipped | {"policy": shipped["policy"] | bad}))
+        with pytest.raises(ModelError, match="must be numbers"):  # not a numpy error once the features are paid for
+            load_model(d)
+    (d / "model.json").write_text(json.dumps(shipped | {"features": shipped["features"] | {"groups": ["semantic", "sentiment"]}}))
+    with pytest.raises(ModelError, match="unknown feature group"):
+        load_model(d)
+
+
+def test_an_adapter_of_another_feature_count_fails_in_one_line_when_loaded(tmp_path: Path) -> None:
+    import skops.io as sio
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    d = _copy_with_skops(tmp_path, (FORMAT1 / "model.skops").read_bytes())
+    meta = json.loads((d / "model.json").read_text())
+    meta |= {"format_version": 2, "policy": {"mode": "threshold", "threshold": meta["threshold"]},
+             "adapters": [{"env": "tau-airline", "file": "adapter-0.skops"}]}
+    (d / "model.json").write_text(json.dumps(meta))
+    rng = np.random.default_rng(0)
+    sio.dump(HistGradientBoostingRegressor(max_iter=2).fit(rng.normal(size=(40, 3)), rng.normal(size=40)), d / "adapter-0.skops")
+    with pytest.raises(ModelError, match="adapter of 'tau-airline' expects 3 features, the model 152"):
+        load_model(d)
 
 
 def test_the_shipped_model_is_the_default_and_selects_in_its_own_mode() -> None:

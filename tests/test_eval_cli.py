@@ -15,7 +15,7 @@ from oracle_server import FakeOpenAI, Reply, oracle_server_fixture  # noqa: F401
 
 from critstep.cli import cli
 from critstep.evaluation.actions import parse_action
-from critstep.formats import write_trajectories
+from critstep.formats import read_trajectories, write_trajectories
 from critstep.labels import CriticalStep, TrajectoryLabels, write_labels
 
 CONTRACT = ("action_match", "action_match_normalized", "nll", "n_steps")
@@ -139,6 +139,9 @@ def test_one_line_errors(tiny, data, tmp_path):
     bad_labels = tmp_path / "bad.jsonl"
     bad_labels.write_text(json.dumps({"id": "toy/0", "n_steps": 9, "critical": []}) + "\n")
     cases.append(([str(trajectories), "--model", str(tiny), "--out", str(tmp_path / "o"), "--labels", str(bad_labels)], "count 9 steps"))
+    no_steps = tmp_path / "no-steps.jsonl"  # nothing to generate: one line, not a traceback after the model loaded
+    no_steps.write_text(json.dumps({"id": "q", "messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    cases.append(([str(no_steps), "--model", str(tiny), "--out", str(tmp_path / "o2")], "has an agent step"))
     for args, message in cases:
         result = CliRunner().invoke(cli, ["eval", *args])
         assert result.exit_code != 0 and message in result.output, (args, result.output)
@@ -173,3 +176,33 @@ def test_smollm2_on_real_corpus_trajectories(shared, tmp_path):
     assert report["overall"]["n_steps"] == 24 and set(report["per_env"]) == {"alfworld", "sciworld", "qa-search", "tau-airline"}
     assert 0.3 < report["overall"]["nll"] < 4.0  # a real instruct model on real agent turns
     assert report["timing"]["steps_per_s"] > 0
+
+
+class DiesOnTheSecondTrajectory:
+    """An agent that answers every step of the first trajectory, then stops the run (a crash, a Ctrl-C)."""
+
+    def __init__(self) -> None:
+        from critstep.evaluation.agent import Timing
+
+        self.timing = Timing()
+
+    def evaluate_trajectories(self, items):  # noqa: ANN001, ANN201
+        from critstep.evaluation.agent import StepOutput
+
+        for k, (trajectory, _) in enumerate(items):
+            if k == 1:
+                raise KeyboardInterrupt
+            yield trajectory, [StepOutput(i, "look") for i in range(trajectory.n_steps)]
+
+
+def test_offline_eval_keeps_the_generated_steps_when_the_run_stops(data, tmp_path, monkeypatch):
+    import critstep.commands.eval as eval_command
+
+    trajectories, _ = data
+    monkeypatch.setattr(eval_command, "_agent", lambda *args: (DiesOnTheSecondTrajectory(), 0.0, {}))
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(cli, ["eval", str(trajectories), "--model", "m", "--out", str(out), "--quiet"])
+    assert result.exit_code != 0 and not (out / "eval.json").exists()
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    first = read_trajectories(trajectories)[0]
+    assert [(r["id"], r["step"]) for r in rows] == [(first.id, i) for i in range(first.n_steps)]

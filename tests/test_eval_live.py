@@ -165,3 +165,25 @@ def test_smollm2_plays_a_few_scienceworld_episodes(tmp_path):
     assert len(report["episodes"]) == 2 and all(1 <= e["steps"] <= 8 for e in report["episodes"])
     assert all(0 <= e["score"] <= 100 for e in report["episodes"])
     assert Path(out / "eval.md").read_text().startswith("# Live evaluation in scienceworld")
+
+
+class CrashingCountdownEnv(CountdownEnv):
+    """A countdown whose simulator dies when the second episode starts (a JVM crash, say)."""
+
+    def reset(self, episode):
+        if episode.variation == 1:
+            raise RuntimeError("simulator died")
+        return super().reset(episode)
+
+
+def test_live_cli_keeps_the_finished_episodes_when_the_run_dies(tmp_path, tmp_path_factory, monkeypatch):
+    import critstep.evaluation.envs as envs
+
+    tiny = shared_talkative_llama(tmp_path_factory)
+    monkeypatch.setattr(envs, "build_env", lambda name: CrashingCountdownEnv())
+    out = tmp_path / "live"
+    result = CliRunner().invoke(cli, ["eval", "--env", "scienceworld", "--model", str(tiny), "--out", str(out), "--max-steps", "2",
+                                      "--max-new-tokens", "4", "--quiet"])
+    assert isinstance(result.exception, RuntimeError)
+    rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert [(r["task"], r["variation"], r["steps"]) for r in rows] == [("countdown", 0, 2)]

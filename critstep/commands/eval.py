@@ -162,6 +162,8 @@ def _read_offline(trajectories: str, labels: Path | None, limit: int | None, fmt
     from critstep.labels import read_labels
 
     chosen = read_trajectories(trajectories, fmt, limit=limit)
+    if not any(t.n_steps for t in chosen):
+        raise InputError(f"none of the {len(chosen)} trajectories has an agent step to evaluate", trajectories)
     if labels is None:
         return chosen, None
     by_id = {t.id: t for t in chosen}
@@ -178,7 +180,14 @@ def _offline(chosen: list[Any], gold: dict[str, Any] | None, agent: Any, out: Pa
     from critstep.evaluation.report import write_offline_report
     from critstep.io import write_jsonl
 
-    run = evaluate_offline(chosen, agent, gold, progress=not quiet, steps_per_trajectory=steps_per_trajectory)
+    done: list[Any] = []
+    try:
+        run = evaluate_offline(chosen, agent, gold, progress=not quiet, steps_per_trajectory=steps_per_trajectory, records=done)
+    except BaseException:  # a crash or Ctrl-C midway: the steps already generated (maybe paid for) are kept
+        if done:
+            write_jsonl(out / "predictions.jsonl", (r.to_dict() for r in done))
+            click.echo(f"the {len(done)} steps generated before the run stopped are in {out / 'predictions.jsonl'}", err=True)
+        raise
     write_jsonl(out / "predictions.jsonl", (r.to_dict() for r in run.records))
     steps = len(run.records)
     t = agent.timing
@@ -218,9 +227,15 @@ def _live(env_name: str, agent: Any, tasks: str | None, episodes: int | None, ma
     from critstep.io import write_jsonl
 
     env = build_env(env_name)
+    finished: list[Any] = []
     try:
         specs = env.suite([t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, episodes)
-        results = run_live(env, agent, specs, max_steps, progress=not quiet)
+        results = run_live(env, agent, specs, max_steps, progress=not quiet, on_episode=finished.append)
+    except BaseException:  # a crash or Ctrl-C mid-suite: the episodes already played are kept
+        if finished:
+            write_jsonl(out / "episodes.jsonl", ({**e.summary(), "transcript": e.transcript} for e in finished))
+            click.echo(f"the {len(finished)} finished episodes are in {out / 'episodes.jsonl'}", err=True)
+        raise
     finally:
         env.close()
     write_jsonl(out / "episodes.jsonl", ({**e.summary(), "transcript": e.transcript} for e in results))

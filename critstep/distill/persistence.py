@@ -209,6 +209,10 @@ def load_model(model_dir: str | Path) -> DistilledModel:
     if getattr(estimator, "n_features_in_", n_features) != n_features or len(feature_names) != n_features:
         raise ModelError(f"{d}: the classifier expects {getattr(estimator, 'n_features_in_', '?')} features, model.json names "
                          f"{len(feature_names)} and says {n_features}")
+    for env, adapter in adapters.items():  # else a foreign adapter fails mid-selection, after the features were paid for
+        if getattr(adapter, "n_features_in_", None) != n_features:
+            raise ModelError(f"{adapter_files[env]}: the adapter of {env!r} expects {getattr(adapter, 'n_features_in_', '?')} features, "
+                             f"the model {n_features}")
     clf.estimator_ = estimator
     clf.classes_ = np.array([0, 1])
     clf.n_features_in_ = n_features

@@ -81,6 +81,11 @@ class SelectionPolicy:
         policy = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
         if policy.mode not in MODES:
             raise ConfigError(f"unknown selection mode {policy.mode!r} (choose from {', '.join(MODES)})")
+        try:  # checked here, not when the first trajectory is selected
+            policy.threshold, policy.count_scale = float(policy.threshold), float(policy.count_scale)
+            policy.env_thresholds = {str(env): float(cut) for env, cut in dict(policy.env_thresholds).items()}
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"the selection policy's threshold, count scale and per-env cuts must be numbers ({e})") from None
         return policy
 
 

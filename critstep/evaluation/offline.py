@@ -66,13 +66,15 @@ def evaluate_offline(
     labels: Mapping[str, TrajectoryLabels] | None = None,
     progress: bool = True,
     steps_per_trajectory: int | None = None,
+    records: list[StepRecord] | None = None,
 ) -> OfflineRun:
     """Generate and score the steps of `trajectories` with `agent`: every step, or at most
     `steps_per_trajectory` spread over each trajectory (long ScienceWorld runs would otherwise
-    outweigh every other env)."""
+    outweigh every other env). Records are appended to `records` (if given) as each trajectory is
+    done, so a caller keeps them when the run stops midway."""
     from tqdm.auto import tqdm
 
-    records: list[StepRecord] = []
+    records = [] if records is None else records
     started = time.perf_counter()
     chosen = {t.id: spread_steps(t.n_steps, steps_per_trajectory) for t in trajectories}
     total = sum(t.n_steps if chosen[t.id] is None else len(chosen[t.id] or []) for t in trajectories)

@@ -14,6 +14,7 @@ differs is refused with one line naming what changed (`force=True`, `--force-res
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -77,6 +78,10 @@ def mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
 
 def read_state(path: Path) -> dict[str, Any] | None:
     """The checkpoint's `state.json`, or None when there is no checkpoint."""
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and (old / STATE_FILE).exists():  # stopped between `save`'s two renames: the previous one
+        with contextlib.suppress(FileNotFoundError):  # another process of this run moved it back first
+            os.replace(old, path)
     try:
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -142,6 +147,7 @@ def save(path: Path, accelerator: Any, state: dict[str, Any]) -> None:
     if accelerator.is_main_process:
         write_json(partial / STATE_FILE, {"format": FORMAT, **state})
         old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)  # left by a run stopped while deleting it: os.replace cannot overwrite it
         if path.exists():
             os.replace(path, old)
         os.replace(partial, path)

@@ -67,7 +67,7 @@ class FeatureConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
         d = dict(d)
-        d["groups"] = tuple(d.get("groups", cls.groups))
+        d["groups"] = parse_groups(d.get("groups", cls.groups))  # an unknown group fails here, not after the features
         d.setdefault("action_hashes", True)  # saved before the setting existed: they had them
         return cls(**d)
 
