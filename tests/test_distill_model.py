@@ -196,3 +196,14 @@ def test_distill_base_adapts_the_shipped_model_to_an_env(seed_slice: Path, tmp_p
     code, output = run("distill", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--base", str(out),
                        "--out", str(out))
     assert code == 1 and "--base" in output and "Traceback" not in output and load_model(out).adapters  # the base is left as it was
+
+
+def test_compare_cross_fit_with_a_one_class_training_fold_is_one_line(seed_slice: Path, tmp_path: Path) -> None:
+    """Every step critical: a fold's training data has one class; one line naming the way out, no traceback."""
+    trajectories = read_trajectories(seed_slice / "traj.jsonl")[:2]
+    write_trajectories(tmp_path / "t.jsonl", trajectories)
+    (tmp_path / "l.jsonl").write_text("".join(json.dumps({"id": t.id, "n_steps": len(t.steps()), "plan": "", "critical": [
+        {"step": i, "category": "critical_action", "reason": ""} for i in range(len(t.steps()))]}) + "\n" for t in trajectories))
+    code, output = run("compare", str(tmp_path / "t.jsonl"), "--labels", str(tmp_path / "l.jsonl"), "--out", str(tmp_path / "cmp"),
+                       "--selectors", "distilled", "--device", "cpu")
+    assert code == 1 and "cross-fitting the distilled selector" in output and "Traceback" not in output, output

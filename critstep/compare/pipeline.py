@@ -238,11 +238,17 @@ def _cross_fit(
         raise InputError("cross-fitting the distilled selector needs at least 2 labeled trajectories (or pass --model DIR)")
     extractor = FeatureExtractor(template.features, device=device, cache=None)
     data, seconds = timed(lambda: build_dataset(extractor, trajs, labels))
+    folds = min(folds, len(data.trajectories))  # trajectories without steps are not in the data
+    if folds < 2:
+        raise InputError("cross-fitting the distilled selector needs at least 2 labeled trajectories with steps (or pass --model DIR)")
     params = template.classifier.get_params()
     selections: dict[str, Selection] = {}
     for _, train, test in cv_splits([t.env for t in data.trajectories], folds, seed=options.seed):
         train_rows = np.isin(data.groups, [data.trajectories[i].id for i in train])
-        clf = StepClassifier(**params).fit(data.X[train_rows], data.y[train_rows], groups=data.groups[train_rows])
+        try:
+            clf = StepClassifier(**params).fit(data.X[train_rows], data.y[train_rows], groups=data.groups[train_rows])
+        except ValueError as e:  # e.g. a fold whose training steps are all critical (or none)
+            raise InputError(f"cross-fitting the distilled selector over these labels failed: {e} (or pass --model DIR)") from None
         for i in test:
             t = data.trajectories[i]
             rows = data.groups == t.id

@@ -18,6 +18,7 @@ from typing import Any
 
 from critstep.errors import ConfigError, ModelError
 from critstep.evaluation.agent import StepOutput, Timing, openai_message
+from critstep.selector.oracle.endpoint import endpoint_id
 from critstep.trajectory import Trajectory
 
 
@@ -80,7 +81,7 @@ class RemoteModel:
             )
         except self._openai.APIStatusError as e:
             if e.status_code in (401, 403, 404):  # a wrong key, model name or URL fails every request alike
-                raise ModelError(self._redact(f"{self.base_url}: HTTP {e.status_code} for model {self.model!r}: {e.message}")) from None
+                raise ModelError(self._redact(f"{endpoint_id(self.base_url)}: HTTP {e.status_code} for model {self.model!r}: {e.message}")) from None
             raise
         choice = response.choices[0].message if response.choices else None
         if choice is None:
