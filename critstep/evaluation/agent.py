@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from critstep.trajectory import Message, Trajectory
+from critstep.trajectory import Trajectory
 
 
 @dataclass
@@ -50,15 +50,3 @@ class Agent(Protocol):
     def respond(self, messages: list[dict[str, Any]]) -> str: ...
 
     def reset_chat(self) -> None: ...
-
-
-def openai_message(m: Message) -> dict[str, Any]:
-    """A critstep message as an OpenAI chat message (what servers and live episodes exchange)."""
-    d: dict[str, Any] = {"role": m.role, "content": m.content}
-    if m.tool_calls:
-        d["tool_calls"] = m.tool_calls
-    if m.tool_call_id is not None:
-        d["tool_call_id"] = m.tool_call_id
-    if m.name is not None:
-        d["name"] = m.name
-    return d

@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from critstep.errors import ConfigError, ModelError
-from critstep.evaluation.agent import StepOutput, Timing, openai_message
+from critstep.evaluation.agent import StepOutput, Timing
+from critstep.formats.openai import chat_message
 from critstep.selector.oracle.endpoint import endpoint_id
 from critstep.trajectory import Trajectory
 
@@ -48,7 +49,7 @@ class RemoteModel:
         try:
             submitted = []
             for trajectory, steps in items:
-                messages = [openai_message(m) for m in trajectory.messages]
+                messages = [chat_message(m) for m in trajectory.messages]
                 wanted = set(range(trajectory.n_steps) if steps is None else steps)
                 futures = [pool.submit(self._step, k, messages[:i]) for k, i in enumerate(trajectory.step_message_indices) if k in wanted]
                 submitted.append((trajectory, futures))

@@ -89,18 +89,25 @@ def _tool_calls(value: Any, i: int, role: str, origin: Origin) -> list[dict[str,
     return value
 
 
+def chat_message(m: Message) -> dict[str, Any]:
+    """A critstep message as an OpenAI chat message: role, content and the tool fields it has (what
+    the writer starts each record's message from, and what servers and live episodes exchange)."""
+    d: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        d["tool_calls"] = m.tool_calls
+    if m.tool_call_id is not None:
+        d["tool_call_id"] = m.tool_call_id
+    if m.name is not None:
+        d["name"] = m.name
+    return d
+
+
 def render(trajectory: Trajectory, flags: list[bool] | None) -> dict[str, Any]:
     """The record for `trajectory`; `flags[i]` is the training flag of message i, if given."""
     key = trajectory.origin.messages_key if trajectory.origin else "messages"
     out_messages = []
     for i, m in enumerate(trajectory.messages):
-        d: dict[str, Any] = {"role": m.role, "content": m.content}
-        if m.tool_calls:
-            d["tool_calls"] = m.tool_calls
-        if m.tool_call_id is not None:
-            d["tool_call_id"] = m.tool_call_id
-        if m.name is not None:
-            d["name"] = m.name
+        d = chat_message(m)
         d.update(m.extra)
         flag = flags[i] if flags is not None else m.train
         if m.role == "assistant" and flag is not None:
