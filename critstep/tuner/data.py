@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +56,6 @@ class DataStats:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class TuneData:
-    train: list[Window]
-    eval: list[Window]
-    train_stats: DataStats = field(default_factory=DataStats)
-    eval_stats: DataStats = field(default_factory=DataStats)
-    eval_ids: list[str] = field(default_factory=list)
 
 
 def load_selection(source: str | Path | Sequence[Trajectory]) -> list[Trajectory]:
