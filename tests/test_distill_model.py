@@ -207,3 +207,10 @@ def test_compare_cross_fit_with_a_one_class_training_fold_is_one_line(seed_slice
     code, output = run("compare", str(tmp_path / "t.jsonl"), "--labels", str(tmp_path / "l.jsonl"), "--out", str(tmp_path / "cmp"),
                        "--selectors", "distilled", "--device", "cpu")
     assert code == 1 and "cross-fitting the distilled selector" in output and "Traceback" not in output, output
+
+
+def test_distill_base_refuses_cross_validation_options(seed_slice: Path, tmp_path: Path) -> None:
+    """--base adapts without CV: --folds/--repeats/--seed would be silently ignored, so they are refused."""
+    code, output = run("distill", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--base", "shipped",
+                       "--repeats", "3", "--out", str(tmp_path / "a"))
+    assert code == 1 and "drop --folds/--repeats/--seed" in output and not (tmp_path / "a").exists(), output

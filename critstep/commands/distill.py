@@ -85,6 +85,8 @@ def command(
     if limit is not None:
         labels = dict(list(labels.items())[:limit])
     if base_dir is not None:
+        if (folds, repeats, seed) != (5, 1, 0):
+            raise ConfigError("--base adapts without cross-validation; drop --folds/--repeats/--seed")
         _adapt(base_dir, trajectories, labels, out, ratio, device, cache_arg(cache_dir, no_cache), as_json,
                fixed=bool(embedder or lm or groups or max_window_tokens or dtype or classifier != "hgb"))
         return
