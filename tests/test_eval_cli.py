@@ -141,6 +141,9 @@ def test_one_line_errors(tiny, data, tmp_path):
     bad_labels = tmp_path / "bad.jsonl"
     bad_labels.write_text(json.dumps({"id": "toy/0", "n_steps": 9, "critical": []}) + "\n")
     cases.append(([str(trajectories), "--model", str(tiny), "--out", str(tmp_path / "o"), "--labels", str(bad_labels)], "count 9 steps"))
+    other_labels = tmp_path / "other.jsonl"  # labels of other data: the critical-step figures would be silently missing
+    other_labels.write_text(json.dumps({"id": "elsewhere/0", "n_steps": 2, "critical": []}) + "\n")
+    cases.append(([str(trajectories), "--model", str(tiny), "--out", str(tmp_path / "o3"), "--labels", str(other_labels)], "no labeled trajectory"))
     no_steps = tmp_path / "no-steps.jsonl"  # nothing to generate: one line, not a traceback after the model loaded
     no_steps.write_text(json.dumps({"id": "q", "messages": [{"role": "user", "content": "hi"}]}) + "\n")
     cases.append(([str(no_steps), "--model", str(tiny), "--out", str(tmp_path / "o2")], "has an agent step"))

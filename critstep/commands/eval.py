@@ -168,6 +168,8 @@ def _read_offline(trajectories: str, labels: Path | None, limit: int | None, fmt
         return chosen, None
     by_id = {t.id: t for t in chosen}
     gold = {i: lab for i, lab in read_labels(labels).items() if i in by_id}
+    if not gold:  # the figures on critical steps were asked for and would silently be missing
+        raise InputError(f"no labeled trajectory is among the {len(chosen)} evaluated ones (labels of other data?)", labels)
     for i, lab in gold.items():
         if lab.n_steps != by_id[i].n_steps:
             raise InputError(f"labels of {i!r} count {lab.n_steps} steps but the trajectory has {by_id[i].n_steps}", labels)
