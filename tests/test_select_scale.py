@@ -87,6 +87,22 @@ def test_ray_engine_refuses_whole_input_selectors_and_stray_options(shards: Path
     assert code == 1 and "needs the whole input in one process" in output
 
 
+def test_ray_engine_warns_when_workers_outnumber_input_files(shards: Path, tmp_path: Path, monkeypatch) -> None:
+    """Ray Data gives each input file to one actor: 3 workers on 2 files would leave one idle, silently."""
+    pytest.importorskip("ray.data", reason="Ray is installed by `make install` (the test extra)")
+    import critstep.ray_engine
+    from critstep.errors import ConfigError
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise ConfigError("stopped before Ray starts")
+
+    monkeypatch.setattr(critstep.ray_engine, "RaySelections", stop)
+    code, output = run("select", str(shards), "--selector", "random", "--engine", "ray", "--num-workers", "3", "--out", str(tmp_path / "x"))
+    assert code == 1 and "3 Ray workers but 2 input file(s)" in output, output
+    code, output = run("select", str(shards), "--selector", "random", "--engine", "ray", "--num-workers", "2", "--out", str(tmp_path / "x"))
+    assert code == 1 and "Ray workers but" not in output, output
+
+
 def test_ray_engine_selects_what_the_plain_run_selects(shards: Path, tmp_path: Path) -> None:
     """A local Ray (2 CPUs, 2 actors) and the plain run, perplexity on a tiny LM: the token pass
     batches steps across trajectories, so equal bytes mean equal batches, not luck."""
