@@ -32,6 +32,7 @@ from critstep.trajectory import Trajectory
 
 INSTALL_HINT = "--engine ray needs Ray Data: pip install 'critstep[ray]'"
 READ_CPUS = 0.25  # reading and parsing a shard is light next to scoring it
+BATCH_BLOCK_BYTES = 64 * 1024  # below a batch of real trajectories: about one batch per block
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ class RaySelections:
             self._started = True
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # results come back in input order
+        # Each batch read from a shard becomes a block of its own: Ray Data would otherwise keep
+        # everything one read task yields in one block, and a whole input file would go to one actor.
+        context.target_max_block_size = BATCH_BLOCK_BYTES
         context.enable_progress_bars = sys.stderr.isatty()
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # execution plans and progress notes are Ray's business
         self._results = self._pipeline(ray)

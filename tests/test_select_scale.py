@@ -87,20 +87,23 @@ def test_ray_engine_refuses_whole_input_selectors_and_stray_options(shards: Path
     assert code == 1 and "needs the whole input in one process" in output
 
 
-def test_ray_engine_warns_when_workers_outnumber_input_files(shards: Path, tmp_path: Path, monkeypatch) -> None:
-    """Ray Data gives each input file to one actor: 3 workers on 2 files would leave one idle, silently."""
+def test_ray_engine_spreads_one_input_file_over_its_actors(shared: Path, tmp_path: Path) -> None:
+    """One file, 2 actors: its batches go to both (Ray Data would hand the whole file to one actor,
+    and say so), and the output is the plain run's, byte for byte."""
     pytest.importorskip("ray.data", reason="Ray is installed by `make install` (the test extra)")
-    import critstep.ray_engine
-    from critstep.errors import ConfigError
+    import warnings
 
-    def stop(*args: object, **kwargs: object) -> None:
-        raise ConfigError("stopped before Ray starts")
-
-    monkeypatch.setattr(critstep.ray_engine, "RaySelections", stop)
-    code, output = run("select", str(shards), "--selector", "random", "--engine", "ray", "--num-workers", "3", "--out", str(tmp_path / "x"))
-    assert code == 1 and "3 Ray workers but 2 input file(s)" in output, output
-    code, output = run("select", str(shards), "--selector", "random", "--engine", "ray", "--num-workers", "2", "--out", str(tmp_path / "x"))
-    assert code == 1 and "Ray workers but" not in output, output
+    one = tmp_path / "one.jsonl"
+    one.write_text("".join((shared / "corpus.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:40]), encoding="utf-8")
+    code, output = run("select", str(one), "--selector", "random", "--batch-size", "4", "--out", str(tmp_path / "plain.jsonl"))
+    assert code == 0, output
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, output = run("select", str(one), "--selector", "random", "--batch-size", "4", "--out", str(tmp_path / "ray.jsonl"),
+                           "--engine", "ray", "--num-workers", "2")
+    assert code == 0, output
+    assert not [w for w in caught if "received 1 input" in str(w.message)], [str(w.message) for w in caught]
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "plain.jsonl").read_bytes()
 
 
 def test_ray_engine_selects_what_the_plain_run_selects(shards: Path, tmp_path: Path) -> None:

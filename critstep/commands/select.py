@@ -158,9 +158,6 @@ def command(
             raise ConfigError(f"--engine ray runs selectors that choose per trajectory; the {name} selector needs the whole input in one process")
         if is_directory_output(out):
             shard_targets(reader, out)  # refused before Ray starts, not after its start-up
-        if num_workers > len(reader.files):  # Ray Data gives each input file to one actor
-            click.echo(f"warning: {num_workers} Ray workers but {len(reader.files)} input file(s): at most {len(reader.files)} will select; "
-                       "cut the input into at least as many shards as workers", err=True)
         ray_options = RayOptions(address, num_workers, num_gpus_per_worker)
         with RaySelections(reader, (name, options), ratio, batch_size, ray_options) as remote:
             totals = select_to(reader, out, remote, batch_size)
