@@ -117,12 +117,13 @@ def test_server_errors(oracle_server, data, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "e" / "eval.json").read_text())
     assert report["timing"]["generation_errors"] == 1 and report["overall"]["n_steps"] == 16  # the failed step counts as a miss
-    oracle_server.queue(Reply(status=401, error={"error": {"message": "bad key", "type": "invalid_request_error"}}))
+    # the server echoes a piece of the key, as OpenAI's "Incorrect API key provided: sk-...": no piece of 8+ characters is shown
+    oracle_server.queue(Reply(status=401, error={"error": {"message": "Incorrect API key provided: sk-live-abcdefgh****", "type": "invalid_request_error"}}))
     with_credentials = oracle_server.url.replace("http://", "http://user:s3cr3t-t0ken@")  # userinfo never reaches the message
     result = CliRunner().invoke(cli, ["eval", str(trajectories), "--model", "served", "--base-url", with_credentials, "--concurrency", "1",
-                                      "--out", str(tmp_path / "f")])
+                                      "--out", str(tmp_path / "f")], env={"OPENAI_API_KEY": "sk-live-abcdefghijklmnop"})
     assert result.exit_code == 1 and "HTTP 401" in result.output and "Traceback" not in result.output
-    assert "s3cr3t" not in result.output
+    assert "s3cr3t" not in result.output and "abcdefgh" not in result.output, result.output
 
 
 def test_one_line_errors(tiny, data, tmp_path):

@@ -19,6 +19,7 @@ from typing import Any
 from critstep.errors import ConfigError, ModelError
 from critstep.evaluation.agent import StepOutput, Timing
 from critstep.formats.openai import chat_message
+from critstep.selector.oracle.client import redact
 from critstep.selector.oracle.endpoint import endpoint_id
 from critstep.trajectory import Trajectory
 
@@ -32,8 +33,8 @@ class RemoteModel:
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         self._openai = openai
-        self._key = os.environ.get("OPENAI_API_KEY") or "EMPTY"
-        self.client = openai.OpenAI(api_key=self._key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+        self._key = os.environ.get("OPENAI_API_KEY")  # kept only to scrub it (and any 8+ character piece) from errors
+        self.client = openai.OpenAI(api_key=self._key or "EMPTY", base_url=base_url, timeout=timeout, max_retries=max_retries)
         self.model = model
         self.base_url = base_url
         self.max_new_tokens = max_new_tokens
@@ -72,7 +73,7 @@ class RemoteModel:
             return StepOutput(step, "", error=str(e))
         except self._openai.OpenAIError as e:  # this step fails (counted as a miss); the run goes on
             self.timing.errors += 1
-            return StepOutput(step, "", error=self._redact(f"{type(e).__name__}: {e}"))
+            return StepOutput(step, "", error=redact(f"{type(e).__name__}: {e}", self._key))
         return StepOutput(step, content, tool_calls=tool_calls)
 
     def _complete(self, messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]] | None]:
@@ -82,7 +83,7 @@ class RemoteModel:
             )
         except self._openai.APIStatusError as e:
             if e.status_code in (401, 403, 404):  # a wrong key, model name or URL fails every request alike
-                raise ModelError(self._redact(f"{endpoint_id(self.base_url)}: HTTP {e.status_code} for model {self.model!r}: {e.message}")) from None
+                raise ModelError(redact(f"{endpoint_id(self.base_url)}: HTTP {e.status_code} for model {self.model!r}: {e.message}", self._key)) from None
             raise
         choice = response.choices[0].message if response.choices else None
         if choice is None:
@@ -108,6 +109,3 @@ class RemoteModel:
 
     def reset_chat(self) -> None:
         """Nothing to reset: every request carries the whole conversation."""
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._key, "***") if len(self._key) >= 4 and self._key != "EMPTY" else text
