@@ -212,3 +212,15 @@ def test_offline_eval_keeps_the_generated_steps_when_the_run_stops(data, tmp_pat
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     first = read_trajectories(trajectories)[0]
     assert [(r["id"], r["step"]) for r in rows] == [(first.id, i) for i in range(first.n_steps)]
+
+
+def test_a_live_run_does_not_write_into_an_offline_evaluation(tiny, tmp_path):
+    """Offline and live runs write different files: one into the other's folder would leave a stale
+    predictions.jsonl (or episodes.jsonl) beside the new eval.json, so it is refused before any work."""
+    from critstep.io import claim_output_dir
+
+    offline = claim_output_dir(tmp_path / "offline", "eval-offline")
+    (offline / "predictions.jsonl").write_text("{}\n")
+    result = CliRunner().invoke(cli, ["eval", "--env", "scienceworld", "--model", str(tiny), "--out", str(offline)])
+    assert result.exit_code == 1 and "eval-offline" in result.output and "Traceback" not in result.output, result.output
+    assert (offline / "predictions.jsonl").read_text() == "{}\n"

@@ -95,7 +95,8 @@ def command(
     new_tokens = max_new_tokens or (LIVE_NEW_TOKENS if env_name else OFFLINE_NEW_TOKENS)
     check_outputs_apart({"TRAJECTORIES": expand_source(trajectories) if trajectories is not None else None, "--labels": labels,
                          "--adapter": adapter, "--chat-template": chat_template}, {}, {"--out": out})
-    out = claim_output_dir(out, "eval")  # before the slow work, not after
+    # offline and live runs write different files: separate kinds, so neither leaves its files beside the other's report
+    out = claim_output_dir(out, "eval-live" if env_name else "eval-offline")  # before the slow work, not after
     data = _read_offline(trajectories, labels, limit, fmt) if trajectories is not None else None  # bad input fails before the model loads
     agent, load_s, settings = _agent(model, adapter, base_url, concurrency, new_tokens, max_len, batch_size, device, dtype, load_4bit,
                                      chat_template, trust_remote_code)
