@@ -38,12 +38,15 @@ class Selection:
         self.steps = sorted(set(self.steps))
 
 
+def select_top(scores: Sequence[float] | np.ndarray, k: int) -> list[int]:
+    """The indices of the `k` highest scores, sorted; ties go to the earlier step (stable)."""
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")[:k]
+    return sorted(int(i) for i in order)
+
+
 def top_k(scores: Sequence[float] | np.ndarray, ratio: float = DEFAULT_RATIO) -> list[int]:
     """The indices of the `step_cap` highest scores; ties go to the earlier step (stable)."""
-    scores = np.asarray(scores, dtype=float)
-    k = step_cap(len(scores), ratio)
-    order = np.argsort(-scores, kind="stable")[:k]
-    return sorted(int(i) for i in order)
+    return select_top(scores, step_cap(len(scores), ratio))
 
 
 def expected_disagreement(probabilities: Sequence[float] | np.ndarray, steps: Sequence[int]) -> float:

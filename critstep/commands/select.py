@@ -210,8 +210,9 @@ def _report_unlabeled(selector: Any, trajectories: list[Trajectory], out: Path) 
     click.echo(run.summary(), err=True)
     reasons = missing_reasons(run)
     report = _failure_report(out)
-    if not reasons:
-        _remove_stale_report(report)
+    if not reasons:  # an earlier run's report would mislead; it was checked to be critstep's before any work
+        if report.is_file():  # never a device or pipe named as the report
+            report.unlink()
         return set()
     write_jsonl(report, ({"id": t.id, "reason": reasons[t.id]} for t in trajectories if t.id in reasons))
     kept = [t for t in trajectories if t.id not in reasons]
@@ -220,15 +221,3 @@ def _report_unlabeled(selector: Any, trajectories: list[Trajectory], out: Path) 
     if not any(t.n_steps for t in kept):
         raise CritstepError(f"the oracle labeled none of the {len(trajectories):,} trajectories; nothing written to {out} (reasons in {report})")
     return set(reasons)
-
-
-def _remove_stale_report(report: Path) -> None:
-    """Delete an earlier run's failure report (only a file of exactly that shape), so it cannot mislead."""
-    import json
-
-    try:
-        rows = [json.loads(line) for line in report.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return
-    if all(isinstance(r, dict) and set(r) == {"id", "reason"} for r in rows):
-        report.unlink()

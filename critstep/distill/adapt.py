@@ -36,11 +36,11 @@ from critstep.distill.dataset import build_dataset
 from critstep.distill.features import FeatureExtractor
 from critstep.distill.metrics import evaluate_selections
 from critstep.distill.persistence import MODEL_KIND, DistilledModel, load_model, save_model, versions
-from critstep.distill.policy import best_threshold, count_for, select_top
+from critstep.distill.policy import best_threshold, count_for
 from critstep.errors import InputError
 from critstep.io import check_replaceable_dir
 from critstep.labels import TrajectoryLabels
-from critstep.selection import DEFAULT_RATIO, Selection
+from critstep.selection import DEFAULT_RATIO, Selection, select_top
 from critstep.trajectory import Trajectory
 
 MIN_TRAJECTORIES = 3  # fewer labeled trajectories of an env than this teach an adapter nothing reliable

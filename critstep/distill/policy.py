@@ -24,18 +24,12 @@ from typing import Any
 import numpy as np
 
 from critstep.errors import ConfigError
-from critstep.selection import DEFAULT_RATIO, step_cap
+from critstep.selection import DEFAULT_RATIO, select_top, step_cap
 
 MODES = ("threshold", "count", "ratio")
 LEARNED_MODES = ("threshold", "count")
 THRESHOLDS = np.round(np.arange(0.05, 0.9, 0.01), 2)
 SCALES = np.round(np.arange(0.5, 2.0001, 0.05), 2)
-
-
-def select_top(scores: Sequence[float] | np.ndarray, k: int) -> list[int]:
-    """The indices of the `k` highest scores, sorted; ties go to the earlier step."""
-    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")[:k]
-    return sorted(int(i) for i in order)
 
 
 def count_for(scores: np.ndarray, mode: str, ratio: float, threshold: float, scale: float) -> int:
