@@ -90,8 +90,10 @@ def test_trajectory_embeddings_mean_pool_and_stepless() -> None:
     assert v[0].tolist() == [1.0, 1.0] and v[1].tolist() == [0.0, 0.0] and v[2].tolist() == [3.0, 3.0]
 
 
-def test_distill_suggest_cli_with_a_real_model_and_minilm_embeddings(tmp_path) -> None:
+def test_distill_suggest_cli_with_a_real_model_and_minilm_embeddings(tmp_path, monkeypatch) -> None:
     from click.testing import CliRunner
+
+    import critstep.selector.distilled
 
     from critstep.cli import cli
     from critstep.formats import write_trajectories
@@ -105,6 +107,11 @@ def test_distill_suggest_cli_with_a_real_model_and_minilm_embeddings(tmp_path) -
             "--features", "structural", "--folds", "0", "--no-cache", "--suggest", "4"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1 and "go together" in result.output
+
+    def no_reload(path):  # the model just trained ranks the trajectories; it is not read back from --out
+        raise AssertionError(f"reloaded {path}")
+
+    monkeypatch.setattr(critstep.selector.distilled, "load_model", no_reload)
     result = CliRunner().invoke(cli, [*args, "--out-suggest", str(tmp_path / "next.jsonl")])
     assert result.exit_code == 0, result.output
     rows = [r.value for r in read_records(tmp_path / "next.jsonl")]

@@ -65,6 +65,7 @@ def command(
     With --base, the model is adapted to the envs of --labels (10 labeled trajectories of a new
     env are a good start; see the README); `--base shipped` names the model critstep ships.
     """
+    from critstep.distill.features import FeatureExtractor
     from critstep.distill.metrics import format_report
     from critstep.distill.train import train_distilled
     from critstep.formats import read_trajectories
@@ -92,18 +93,17 @@ def command(
         return
     config = feature_config(embedder, lm, groups, max_window_tokens, dtype)
     click.echo(f"{len(labels)} labeled trajectories; features: {', '.join(config.groups)}", err=True)
-    report = train_distilled(
-        trajectories, labels, out, features=config, classifier=classifier, folds=folds, ratio=ratio,
-        device=device, cache=cache_arg(cache_dir, no_cache), seed=seed, repeats=repeats, progress=True,
-    )
-    report.pop("model")
+    extractor = FeatureExtractor(config, device=device, cache=cache_arg(cache_dir, no_cache), progress=True)
+    report = train_distilled(trajectories, labels, out, classifier=classifier, folds=folds, ratio=ratio, seed=seed, repeats=repeats,
+                             extractor=extractor, progress=True)
+    trained = report.pop("model")
     if suggest_n is not None and out_suggest is not None:
         from critstep.distill.active import suggest, trajectory_embeddings, write_suggestions
         from critstep.selector.distilled import DistilledSelector
 
-        # the model just written scores the unlabeled trajectories (features cached for a later select)
-        model = DistilledSelector(report["out_dir"], device=device, cache=cache_arg(cache_dir, no_cache))
-        picks = suggest(trajectories, labels, suggest_n, model.score, lambda ts: trajectory_embeddings(model.extractor, ts), ratio)
+        # the model just trained scores the unlabeled trajectories with the feature models already loaded
+        model = DistilledSelector(report.get("out_dir"), model=trained, extractor=extractor)
+        picks = suggest(trajectories, labels, suggest_n, model.score, lambda ts: trajectory_embeddings(extractor, ts), ratio)
         write_suggestions(out_suggest, picks)
         click.echo(f"{len(picks)} trajectories to label next written to {out_suggest}", err=True)
     if as_json:

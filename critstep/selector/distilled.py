@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from critstep.distill.features import FeatureExtractor
-from critstep.distill.persistence import default_model_dir, load_model
+from critstep.distill.persistence import DistilledModel, default_model_dir, load_model
 from critstep.distill.policy import MODES
 from critstep.errors import ConfigError, ModelError
 from critstep.selection import DEFAULT_RATIO, Selection
@@ -23,7 +23,9 @@ class DistilledSelector(Selector):
 
     `mode` overrides the model's: "threshold", "count", or "ratio" (fill the cap: the top
     `step_cap` steps). `threshold=True` is the older spelling of mode "threshold". Without
-    `model_dir`, the model shipped with critstep is used.
+    `model_dir`, the model shipped with critstep is used. `model` and `extractor` take a model
+    already in memory (one `train_distilled` just returned) and its feature extractor instead, so
+    nothing is read back from disk and no feature model is loaded twice.
     """
 
     name = "distilled"
@@ -36,15 +38,21 @@ class DistilledSelector(Selector):
         device: str | None = None,
         cache: str | Path | None = "default",
         progress: bool = False,
+        model: DistilledModel | None = None,
+        extractor: FeatureExtractor | None = None,
     ):
         if mode is not None and mode not in MODES:
             raise ConfigError(f"unknown selection mode {mode!r} (choose from {', '.join(MODES)})")
         if threshold and mode not in (None, "threshold"):
             raise ConfigError(f"threshold=True contradicts mode {mode!r}")
-        self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
-        self.model = load_model(self.model_dir)  # every check of the directory happens here, before any feature
+        if model is None:
+            self.model_dir: Path | None = Path(model_dir) if model_dir is not None else default_model_dir()
+            model = load_model(self.model_dir)  # every check of the directory happens here, before any feature
+        else:
+            self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.model = model
         self.mode = "threshold" if threshold else mode
-        self.extractor = FeatureExtractor(self.model.features, device=device, cache=cache, progress=progress)
+        self.extractor = extractor or FeatureExtractor(model.features, device=device, cache=cache, progress=progress)
 
     def score(self, trajectories: Sequence[Trajectory]) -> dict[str, np.ndarray]:
         """Calibrated probability that each step is critical, per trajectory id."""
