@@ -224,13 +224,12 @@ def _cross_fit(
     trajs: Sequence[Trajectory], labels: Mapping[str, TrajectoryLabels], model_dir: Path, device: str, options: CompareOptions
 ) -> tuple[dict[str, Selection], float, str, list[str]]:
     """Out-of-sample selections by k-fold cross-fitting with the settings of the model at `model_dir`."""
-    import numpy as np
 
     from critstep.distill.dataset import build_dataset
     from critstep.distill.estimator import StepClassifier
     from critstep.distill.features import FeatureExtractor
     from critstep.distill.persistence import load_model
-    from critstep.distill.train import cv_splits
+    from critstep.distill.train import fold_models
 
     template = load_model(model_dir)
     folds = min(5, len(trajs))
@@ -243,18 +242,16 @@ def _cross_fit(
         raise InputError("cross-fitting the distilled selector needs at least 2 labeled trajectories with steps (or pass --model DIR)")
     params = template.classifier.get_params()
     selections: dict[str, Selection] = {}
-    for _, train, test in cv_splits([t.env for t in data.trajectories], folds, seed=options.seed):
-        train_rows = np.isin(data.groups, [data.trajectories[i].id for i in train])
-        try:
-            clf = StepClassifier(**params).fit(data.X[train_rows], data.y[train_rows], groups=data.groups[train_rows])
-        except ValueError as e:  # e.g. a fold whose training steps are all critical (or none)
-            raise InputError(f"cross-fitting the distilled selector over these labels failed: {e} (or pass --model DIR)") from None
-        for i in test:
-            t = data.trajectories[i]
-            rows = data.groups == t.id
-            p, s = timed(lambda r=rows, c=clf: c.predict_proba(data.X[r])[:, 1])
-            seconds += s
-            selections[t.id] = Selection(t.id, clf.policy_.select(p, options.ratio), scores=[float(v) for v in p])
+    try:
+        for _, clf, test in fold_models(data, folds, seed=options.seed, make=lambda: StepClassifier(**params)):
+            for i in test:
+                t = data.trajectories[i]
+                rows = data.groups == t.id
+                p, s = timed(lambda r=rows, c=clf: c.predict_proba(data.X[r])[:, 1])
+                seconds += s
+                selections[t.id] = Selection(t.id, clf.policy_.select(p, options.ratio), scores=[float(v) for v in p])
+    except ValueError as e:  # e.g. a fold whose training steps are all critical (or none)
+        raise InputError(f"cross-fitting the distilled selector over these labels failed: {e} (or pass --model DIR)") from None
     for t in trajs:  # trajectories without steps
         selections.setdefault(t.id, Selection(t.id, [], scores=[]))
     note = (f"cross-fitted over the labeled trajectories ({folds} folds, the shipped model's features and settings): out of sample; "

@@ -10,7 +10,7 @@ With `repeats` > 1 the split is redrawn with other seeds and the spread over rep
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,17 @@ def cv_splits(envs: Sequence[str], folds: int, repeats: int = 1, seed: int = 0) 
     return out
 
 
+def fold_models(
+    data: StepDataset, folds: int, repeats: int = 1, seed: int = 0, make: Callable[[], Any] = StepClassifier,
+) -> Iterator[tuple[int, Any, np.ndarray]]:
+    """Per fold of `cv_splits` over the trajectories of `data`: (repeat, a `make()` model fitted on
+    the other folds' rows, the indices of the fold's own trajectories, which it never saw)."""
+    rows_of = {t.id: np.flatnonzero(data.groups == t.id) for t in data.trajectories}
+    for r, train, test in cv_splits([t.env for t in data.trajectories], folds, repeats, seed):
+        train_rows = np.concatenate([rows_of[data.trajectories[i].id] for i in train])
+        yield r, make().fit(data.X[train_rows], data.y[train_rows], groups=data.groups[train_rows]), test
+
+
 def cross_validate(
     data: StepDataset,
     labels: Mapping[str, TrajectoryLabels],
@@ -94,15 +105,14 @@ def cross_validate(
     rows_of = {t.id: np.flatnonzero(data.groups == t.id) for t in data.trajectories}
     by_id = {t.id: t for t in data.trajectories}
     gold = {t.id: labels[t.id] for t in data.trajectories}
-    splits = cv_splits([t.env for t in data.trajectories], folds, repeats, seed)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in CV_MODES}
     chosen: Counter[str] = Counter()
     first_proba = np.zeros(len(data.y))
     selections: dict[str, dict[str, Selection]] = {m: {} for m in CV_MODES}
     first_selections: dict[str, dict[str, Selection]] = {}
-    for k, (r, train, test) in enumerate(tqdm(splits, desc="cross-validation", unit="fold", disable=not progress, file=sys.stderr)):
-        train_rows = np.concatenate([rows_of[data.trajectories[i].id] for i in train])
-        clf = make().fit(data.X[train_rows], data.y[train_rows], groups=data.groups[train_rows])
+    models = tqdm(fold_models(data, folds, repeats, seed, make), total=folds * repeats, desc="cross-validation", unit="fold",
+                  disable=not progress, file=sys.stderr)
+    for k, (r, clf, test) in enumerate(models):
         chosen[clf.policy_.mode] += 1
         for i in test:
             t = data.trajectories[i]
@@ -113,7 +123,7 @@ def cross_validate(
             for mode in CV_MODES:
                 steps = clf.policy_.select(p, ratio, None if mode == "default" else mode)
                 selections[mode][t.id] = Selection(t.id, steps, scores=[float(v) for v in p])
-        if k + 1 == len(splits) or splits[k + 1][0] != r:  # a repeat is complete
+        if (k + 1) % folds == 0:  # a repeat is complete
             for mode in CV_MODES:
                 runs[mode].append(evaluate_selections(selections[mode], gold, by_id))
             first_selections = first_selections or selections
