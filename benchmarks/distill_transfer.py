@@ -3,14 +3,14 @@
 For each main env of the seed set (alfworld, qa-search, sciworld, tau-airline), the distilled
 selector (the shipped recipe) is trained on the labeled trajectories of every *other* env and
 scores the trajectories of the one left out (0 labels). Then k = 5, 10, 20 trajectories of that
-env are labeled (random draws): `critstep distill --base` fits its adapter on them (adapt.py)
-and the rest of the env is scored, next to the unadapted model on the same trajectories (paired).
-With `--refit`, a model retrained from scratch on the other envs plus the k trajectories is shown
-too, for reference (a team with the original training data could do that; the shipped model does
-not carry it). F1 is micro over the scored trajectories' steps, in each model's default mode;
+env are labeled (random draws) and the model is adapted to them exactly as `critstep distill
+--base` does (adapt.py: a refit on the base's rows plus the k trajectories, weighted, and the
+env's own cut from the refit's out-of-fold probabilities); the rest of the env is scored, next to
+the unadapted model on the same trajectories (paired). F1 is micro over the scored trajectories'
+steps, in each model's default mode (the adapted env in threshold mode with its own cut);
 mean ± std over the draws.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distill_transfer.py [--draws 5] [--refit] [--envs sciworld,tau-airline]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distill_transfer.py [--draws 5] [--envs sciworld,tau-airline]
 
 Writes benchmarks/results/distill_transfer.json; heldout.jsonl is never read.
 """
@@ -20,15 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from critstep.distill.adapt import adapt_env
+from critstep.distill.adapt import ADAPT_WEIGHT, env_cuts, refit
 from critstep.distill.dataset import build_dataset
 from critstep.distill.estimator import StepClassifier
 from critstep.distill.features import FeatureConfig, FeatureExtractor
+from critstep.distill.persistence import TrainingRows
 from critstep.formats import read_trajectories
 from critstep.io import write_json
 from critstep.labels import read_labels
@@ -45,44 +45,35 @@ def f1(selected: list[list[int]], gold: list[np.ndarray]) -> float:
 
 
 def one_env(env: str, data, rows: dict, args: argparse.Namespace) -> dict:  # type: ignore[no-untyped-def]
-    """Left-out agreement of `env` with 0 labels and with k labels, adapted (and refit) against the base."""
+    """Left-out agreement of `env` with 0 labels and with k labels, adapted against the base."""
+    envs = np.array([t.env for t in data.trajectories for _ in range(t.n_steps)])
 
-    def fit(ids: list[str]) -> StepClassifier:
+    def training(ids: list[str], weight: float) -> TrainingRows:
         r = np.concatenate([rows[i] for i in ids])
-        return StepClassifier(ratio=args.ratio).fit(data.X[r], data.y[r], groups=data.groups[r])
+        return TrainingRows(data.X[r], data.y[r], data.groups[r], envs[r], np.full(len(r), weight))
+
+    def scored(clf: StepClassifier, ids: list[str]) -> float:
+        """Micro F1 on `ids` in the model's default mode (an env with its own cut: threshold mode at that cut)."""
+        proba = [clf.predict_proba(data.X[rows[i]])[:, 1] for i in ids]
+        return f1([clf.policy_.select(p, args.ratio, env=env) for p in proba], [data.y[rows[i]] for i in ids])
 
     others = [t.id for t in data.trajectories if t.env != env]
     own = [t.id for t in data.trajectories if t.env == env]
-    base = fit(others)
-    a, b = base.calibration_
-    raw = {i: base.decision_function(data.X[rows[i]]) for i in own}
-
-    def calibrate(r: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(a * r + b)))
-
-    def scored(ids: list[str], extra: dict[str, np.ndarray] | None = None, cut: float | None = None) -> float:
-        mode = None if cut is None else "threshold"
-        policy = base.policy_ if cut is None else replace(base.policy_, threshold=cut)
-        selected = [policy.select(calibrate(raw[i] + (extra[i] if extra else 0.0)), args.ratio, mode) for i in ids]
-        return f1(selected, [data.y[rows[i]] for i in ids])
-
-    entry: dict = {"trajectories": len(own), "labels_0": {"f1": scored(own), "mode": base.policy_.mode}}
+    base_rows = training(others, 1.0)
+    base = StepClassifier(ratio=args.ratio).fit(base_rows.X, base_rows.y, groups=base_rows.groups)
+    entry: dict = {"trajectories": len(own), "labels_0": {"f1": scored(base, own), "mode": base.policy_.mode}}
     print(f"{env:<12} 0 labels: F1 {entry['labels_0']['f1']:.3f} ({base.policy_.mode} mode)", flush=True)
     for k in SHOTS:
-        runs: dict[str, list[float]] = {"base": [], "adapted": [], "refit": []}
+        runs: dict[str, list[float]] = {"base": [], "adapted": []}
         for d in range(args.draws):
             shots = sorted(np.random.default_rng(1000 + d).choice(own, k, replace=False).tolist())
             test = [i for i in own if i not in shots]
-            adapter, cut, _, _ = adapt_env([raw[i] for i in shots], [data.X[rows[i]] for i in shots], [data.y[rows[i]] for i in shots],
-                                           calibrate, args.ratio)
-            runs["base"].append(scored(test))
-            runs["adapted"].append(scored(test, {i: adapter.predict(data.X[rows[i]]) for i in test}, cut))
-            if args.refit:
-                clf = fit(others + shots)
-                selected = [clf.policy_.select(clf.predict_proba(data.X[rows[i]])[:, 1], args.ratio) for i in test]
-                runs["refit"].append(f1(selected, [data.y[rows[i]] for i in test]))
-        entry[f"labels_{k}"] = {name: {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": v} for name, v in runs.items() if v}
-        print(f"{env:<12} {k} labels: " + "  ".join(f"{n} {np.mean(v):.3f} ± {np.std(v):.3f}" for n, v in runs.items() if v), flush=True)
+            clf, merged = refit(base, base_rows, training(shots, ADAPT_WEIGHT))
+            clf.policy_.env_thresholds = {env: env_cuts(clf, merged, env, args.ratio)[0]}
+            runs["base"].append(scored(base, test))
+            runs["adapted"].append(scored(clf, test))
+        entry[f"labels_{k}"] = {name: {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": v} for name, v in runs.items()}
+        print(f"{env:<12} {k} labels: " + "  ".join(f"{n} {np.mean(v):.3f} ± {np.std(v):.3f}" for n, v in runs.items()), flush=True)
     return entry
 
 
@@ -90,7 +81,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "benchmark")
     parser.add_argument("--draws", type=int, default=5, help="random draws of the k labeled trajectories")
-    parser.add_argument("--refit", action="store_true", help="also retrain from scratch on the other envs + the k trajectories")
     parser.add_argument("--groups", default=",".join(FeatureConfig().groups), help="feature groups (default: the shipped recipe's)")
     parser.add_argument("--ratio", type=float, default=0.3)
     parser.add_argument("--envs", default=",".join(ENVS), help="envs to leave out (the others' saved results are kept)")
@@ -102,10 +92,10 @@ def main() -> None:
     config = FeatureConfig(groups=tuple(g.strip() for g in args.groups.split(",")))
     data = build_dataset(FeatureExtractor(config, progress=True), corpus, labels)
     rows = {t.id: np.flatnonzero(data.groups == t.id) for t in data.trajectories}
-    result: dict = {"features": list(config.groups), "draws": args.draws, "ratio": args.ratio, "envs": {}}
+    result: dict = {"features": list(config.groups), "draws": args.draws, "ratio": args.ratio, "adapt": f"refit, weight {ADAPT_WEIGHT:g}", "envs": {}}
     if args.out.exists():
         saved = json.loads(args.out.read_text())
-        if {k: saved.get(k) for k in ("features", "draws", "ratio")} == {k: result[k] for k in ("features", "draws", "ratio")}:
+        if {k: saved.get(k) for k in ("features", "draws", "ratio", "adapt")} == {k: result[k] for k in ("features", "draws", "ratio", "adapt")}:
             result["envs"] = saved["envs"]  # same settings: keep the envs this run does not redo
     for env in [e.strip() for e in args.envs.split(",") if e.strip()]:
         start = time.perf_counter()

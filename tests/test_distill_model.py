@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from critstep.cli import cli
+from critstep.distill.adapt import ADAPT_WEIGHT
 from critstep.distill.features import FeatureExtractor
 from critstep.distill.persistence import SHIPPED_MODEL, default_model_dir, load_model
 from critstep.distill.policy import MODES
@@ -98,18 +99,30 @@ def test_damaged_model_json_is_one_line(tmp_path: Path) -> None:
         load_model(d)
 
 
-def test_an_adapter_of_another_feature_count_fails_in_one_line_when_loaded(tmp_path: Path) -> None:
-    import skops.io as sio
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
+def test_adapters_of_a_development_format_2_fail_in_one_line(tmp_path: Path) -> None:
     d = _copy_with_skops(tmp_path, (FORMAT1 / "model.skops").read_bytes())
     meta = json.loads((d / "model.json").read_text())
-    meta |= {"format_version": 2, "policy": {"mode": "threshold", "threshold": meta["threshold"]},
-             "adapters": [{"env": "tau-airline", "file": "adapter-0.skops"}]}
+    meta |= {"format_version": 2, "policy": {"mode": "threshold", "threshold": meta["threshold"]}}
     (d / "model.json").write_text(json.dumps(meta))
-    rng = np.random.default_rng(0)
-    sio.dump(HistGradientBoostingRegressor(max_iter=2).fit(rng.normal(size=(40, 3)), rng.normal(size=40)), d / "adapter-0.skops")
-    with pytest.raises(ModelError, match="adapter of 'tau-airline' expects 3 features, the model 152"):
+    assert load_model(d).training is None  # format 2 without adapters loads
+    (d / "model.json").write_text(json.dumps(meta | {"adapters": [{"env": "tau-airline", "file": "adapter-0.skops"}]}))
+    with pytest.raises(ModelError, match="adapters .* are no longer read; adapt the base model again"):
+        load_model(d)
+
+
+def test_training_rows_that_are_a_pickle_or_of_another_width_fail_in_one_line(tmp_path: Path) -> None:
+    d = tmp_path / "model"
+    shutil.copytree(default_model_dir(), d)
+    with np.load(d / "training.npz") as f:
+        arrays = dict(f)
+    np.savez(d / "training.npz", **(arrays | {"groups": np.array([{"x": 1}] * len(arrays["y"]), dtype=object)}))
+    with pytest.raises(ModelError, match="cannot read the training rows .* never loads pickles"):
+        load_model(d)
+    np.savez(d / "training.npz", **(arrays | {"X": arrays["X"][:, :5]}))
+    with pytest.raises(ModelError, match="training rows of 5 features"):
+        load_model(d)
+    np.savez(d / "training.npz", **(arrays | {"y": arrays["y"][:-1]}))
+    with pytest.raises(ModelError, match="disagree in length"):
         load_model(d)
 
 
@@ -172,22 +185,23 @@ def test_evaluate_scores_a_partial_file_and_warns_in_sample(seed_slice: Path, tm
     assert metrics["n_trajectories"] == len(half)
 
 
-def test_distill_base_adapts_the_shipped_model_to_an_env(seed_slice: Path, tmp_path: Path) -> None:
+def test_distill_base_refits_the_shipped_model_with_an_envs_labels(seed_slice: Path, tmp_path: Path) -> None:
     out = tmp_path / "adapted"
     code, output = run("distill", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--base", "shipped",
                        "--out", str(out), "--device", "cpu")
     assert code == 0, output
     assert "tau-airline: 4 labeled trajectories; F1 base" in output and "training data of the base model" in output
-    adapted = load_model(out)
-    assert set(adapted.adapters) == set(adapted.policy.env_thresholds) == {"alfworld", "qa-search", "tau-airline"}
+    adapted, base = load_model(out), load_model(default_model_dir())
+    assert set(adapted.policy.env_thresholds) == {"alfworld", "qa-search", "tau-airline"}
     assert adapted.card["adapted_from"]["base"] == SHIPPED_MODEL and "Adaptation" in (out / "README.md").read_text()
-    base = load_model(default_model_dir())
-    trajectories = read_trajectories(seed_slice / "traj.jsonl")
-    tau = [t for t in trajectories if t.env == "tau-airline"]
-    X, _ = FeatureExtractor(base.features, cache=None).transform(tau)
-    # the adapter moves the scores of its env, and only of its env
-    assert not np.allclose(adapted.raw_scores(X, ["tau-airline"] * len(X)), base.raw_scores(X, ["tau-airline"] * len(X)))
-    assert np.allclose(adapted.raw_scores(X, ["webshop"] * len(X)), base.raw_scores(X, ["webshop"] * len(X)))
+    # the 12 labeled trajectories were training data of the base: their rows are replaced, weighted, not doubled
+    ids = {t.id for t in read_trajectories(seed_slice / "traj.jsonl")}
+    new_rows = np.isin(adapted.training.groups, list(ids))
+    assert len(adapted.training.y) == len(base.training.y) and np.all(adapted.training.weight[new_rows] == ADAPT_WEIGHT)
+    assert np.all(adapted.training.weight[~new_rows] == 1.0) and sorted(adapted.card["training_ids"]) == sorted(base.card["training_ids"])
+    # the classifier itself was refitted: its scores differ from the base's
+    X = base.training.X[:50]
+    assert not np.allclose(adapted.proba(X), base.proba(X))
     code, output = run("select", str(seed_slice / "traj.jsonl"), "--model", str(out), "--out", str(tmp_path / "s.jsonl"), "--device", "cpu")
     assert code == 0, output
     code, output = run("distill", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--base", "nowhere",
@@ -195,7 +209,14 @@ def test_distill_base_adapts_the_shipped_model_to_an_env(seed_slice: Path, tmp_p
     assert code == 1 and "no such model directory" in output
     code, output = run("distill", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--base", str(out),
                        "--out", str(out))
-    assert code == 1 and "--base" in output and "Traceback" not in output and load_model(out).adapters  # the base is left as it was
+    assert code == 1 and "--base" in output and "Traceback" not in output and load_model(out).training is not None  # the base is left as it was
+
+
+def test_distill_base_refuses_a_model_without_training_rows_in_one_line(seed_slice: Path, tmp_path: Path) -> None:
+    code, output = run("distill", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--base", str(FORMAT1),
+                       "--out", str(tmp_path / "a"), "--device", "cpu")
+    assert code == 1 and "carries no training rows" in output and "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
 
 
 def test_compare_cross_fit_with_a_one_class_training_fold_is_one_line(seed_slice: Path, tmp_path: Path) -> None:

@@ -80,6 +80,24 @@ def test_estimator_contract_and_validation() -> None:
         StepClassifier().fit(np.full((200, 4), np.inf), y)
 
 
+def test_sample_weight_moves_the_fit_toward_the_weighted_rows() -> None:
+    """What `distill --base` relies on: a few heavily weighted rows whose rule contradicts the rest win."""
+    rng = np.random.default_rng(0)
+    X = rng.random((400, 3))
+    y = (X[:, 0] > 0.7).astype(int)
+    y[:40] = (X[:40, 1] > 0.7).astype(int)  # the "new env": another feature decides
+    groups = np.repeat(np.arange(40), 10)
+    weight = np.ones(400)
+    weight[:40] = 20.0
+    plain = StepClassifier().fit(X, y, groups=groups)
+    weighted = StepClassifier().fit(X, y, groups=groups, sample_weight=weight)
+    probe = np.array([[0.1, 0.95, 0.5], [0.95, 0.1, 0.5]])
+    assert weighted.predict_proba(probe)[0, 1] > plain.predict_proba(probe)[0, 1] + 0.1
+    assert weighted.oof_proba_.shape == (400,) and np.all((weighted.oof_proba_ >= 0) & (weighted.oof_proba_ <= 1))
+    with pytest.raises(ValueError, match="sample_weight has shape"):
+        StepClassifier().fit(X, y, groups=groups, sample_weight=weight[:10])
+
+
 def test_fit_save_load_round_trip_scores_identically(seed, tmp_path: Path) -> None:
     trajectories, labels = seed
     report = train_distilled(trajectories, labels, tmp_path / "model", features=STRUCTURAL, folds=2, repeats=2, cache=None)
@@ -91,9 +109,9 @@ def test_fit_save_load_round_trip_scores_identically(seed, tmp_path: Path) -> No
     assert set(spread["per_env_f1"]) == {t.env for t in trajectories}
     assert report["training_data"]["trajectories"] == 40
     files = {p.name for p in (tmp_path / "model").iterdir()}
-    assert files == {"model.skops", "model.json", "README.md", ".critstep-output.json"}  # no pickle anywhere
+    assert files == {"model.skops", "training.npz", "model.json", "README.md", ".critstep-output.json"}  # no pickle anywhere
     card = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert card["format_version"] == 2 and card["features"]["groups"] == ["structural"] and "versions" in card["card"]
+    assert card["format_version"] == 3 and card["features"]["groups"] == ["structural"] and "versions" in card["card"]
     assert card["policy"]["mode"] == report["policy"]["mode"] in ("threshold", "count")
     assert "Cross-validated" in (tmp_path / "model" / "README.md").read_text()
 
@@ -102,6 +120,10 @@ def test_fit_save_load_round_trip_scores_identically(seed, tmp_path: Path) -> No
     loaded = load_model(tmp_path / "model")
     assert np.array_equal(loaded.classifier.predict_proba(X)[:, 1], before)
     assert loaded.policy == report["model"].policy and loaded.classifier.calibration_ == report["model"].classifier.calibration_
+    # the training rows come back as they were fitted on (for `distill --base`), read without pickle
+    assert np.array_equal(loaded.training.X, X) and loaded.training.y.sum() == sum(len(labels[t.id].steps) for t in trajectories)
+    assert set(loaded.training.groups) == {t.id for t in trajectories} and np.all(loaded.training.weight == 1.0)
+    assert list(loaded.training.envs) == [t.env for t in trajectories for _ in range(t.n_steps)]
 
     selector = build_selector("distilled", model_dir=tmp_path / "model", cache=None)
     scores = selector.score(trajectories)

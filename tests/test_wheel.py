@@ -37,6 +37,8 @@ def test_the_wheel_holds_the_configs_and_the_sample(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"critstep/configs/{n}" for n in SHIPPED} <= names
     assert {"critstep/data/sample/trajectories.jsonl", "critstep/data/sample/labels.jsonl"} <= names
+    shipped = "critstep/data/models/distilled-selector-seed306"
+    assert {f"{shipped}/{n}" for n in ("model.json", "model.skops", "training.npz", "README.md")} <= names  # --base refits from training.npz
 
 
 def test_an_installed_critstep_resolves_configs_from_any_directory(wheel: Path, tmp_path: Path) -> None:

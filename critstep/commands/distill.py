@@ -25,7 +25,8 @@ from critstep.errors import ConfigError
               help="Repeat the cross-validation with this many different shuffles and report the spread.")
 @click.option("--base", "base_dir", default=None, metavar="DIR|shipped",
               help="Adapt this trained model ('shipped': the one critstep ships) to the envs of --labels instead of training "
-                   "from scratch: a small per-env adapter learned from a few labeled trajectories.")
+                   "from scratch: the model is refitted on the rows it was trained on plus these few labeled trajectories, "
+                   "and each of their envs gets its own cut.")
 @click.option("--ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.3, show_default=True, help="Per-trajectory cap used for CV and the threshold.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -140,10 +141,10 @@ def _adapt(base: str, trajectories, labels, out: Path, ratio: float, device, cac
         return
     for env, info in report["envs"].items():
         before = report["before"]["per_env"][env]["f1"]
-        after = report["after_leave_one_out"]["per_env"][env]["f1"]
+        after = report["after_out_of_fold"]["per_env"][env]["f1"]
         if info["adapted"]:
             click.echo(f"{env}: {info['trajectories']} labeled trajectories; F1 base {before:.3f} -> adapted {after:.3f} "
-                       "(each trajectory scored by an adapter fitted on the others)")
+                       "(each trajectory scored out of fold, with a cut tuned on the others)")
         else:
             click.echo(f"{env}: {info['trajectories']} labeled trajectories; F1 {before:.3f}; not adapted: {info['why']}")
     if "warning" in report:

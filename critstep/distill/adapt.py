@@ -1,82 +1,62 @@
 """Adapting a trained distilled model to a new environment with a few labeled trajectories.
 
 A model trained on other environments ranks the steps of a new one only roughly: what a critical
-step looks like there (its actions, its outcomes) is partly new. Retraining from scratch would
-need the original training data, which a shipped model does not carry; recalibrating alone was
-measured to help nothing (benchmarks/distill_transfer.py). So the model is *continued*: per env
-of the new labels, a small gradient-boosted regression ensemble (the "adapter") is fitted to the
-base model's Newton working response on those labels, z = (y - p) / (p (1 - p)) with weights
-p (1 - p), which is one boosting step of the same logistic loss the base model was trained on.
-Its output is added to the base model's raw score for trajectories of that env only; other envs
-are scored as before, and the classifier itself is unchanged. Adapting an env again replaces its
-adapter with one fitted on the labels given then.
+step looks like there (its actions, its outcomes) is partly new. A model directory carries the
+feature rows its classifier was fitted on (training.npz), so adapting is a refit: the same
+classifier with the same settings, fitted on those rows plus the new env's labeled trajectories,
+each new step weighted `ADAPT_WEIGHT` times (a few trajectories would otherwise be lost among
+thousands of rows; weights 5 and 20 did alike on development draws, 1 did worse). It replaced a
+small boosted correction of the base model's scores, which ranked a left-out env's steps worse
+than the refit in each env tried (`benchmarks/distill_transfer.py` has the figures, before and
+after). Labeled trajectories the base was trained on replace their rows.
 
-The env also gets its own cut (threshold mode): a new env's share of critical steps is its own
-(ScienceWorld's is half of tau-bench's), and the cut learned elsewhere does not carry over. The
-cut is tuned on leave-one-out probabilities: each labeled trajectory scored by an adapter fitted
-on the *other* labeled trajectories of its env, never by one that saw its labels.
-
-The report estimates the adapted agreement the same way: each labeled trajectory is selected
-from its leave-one-out probabilities with a cut tuned on the other trajectories' ones, next to
-the base model's agreement on the same trajectories.
+Each adapted env gets its own cut (threshold mode): a new env's share of critical steps is its own
+(ScienceWorld's is half of tau-bench's), and the cut learned elsewhere does not carry over. The cut
+is tuned on the refit's out-of-fold probabilities of that env's trajectories (inner folds grouped by
+trajectory: no trajectory is scored by a model that saw its labels). The report estimates the
+adapted agreement the same way, each trajectory selected with a cut tuned on the others.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from copy import copy
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from critstep.distill.dataset import build_dataset
+from critstep.distill.estimator import StepClassifier, group_slices
 from critstep.distill.features import FeatureExtractor
 from critstep.distill.metrics import evaluate_selections
-from critstep.distill.persistence import MODEL_KIND, DistilledModel, load_model, save_model, versions
+from critstep.distill.persistence import MODEL_KIND, DistilledModel, TrainingRows, load_model, save_model, versions
 from critstep.distill.policy import best_threshold, count_for
-from critstep.errors import InputError
+from critstep.errors import InputError, ModelError
 from critstep.io import check_replaceable_dir
 from critstep.labels import TrajectoryLabels
 from critstep.selection import DEFAULT_RATIO, Selection, select_top
 from critstep.trajectory import Trajectory
 
-MIN_TRAJECTORIES = 3  # fewer labeled trajectories of an env than this teach an adapter nothing reliable
+ADAPT_WEIGHT = 10.0  # each labeled step of the adapted envs counts as this many of the base's
+MIN_TRAJECTORIES = 3  # fewer labeled trajectories of an env than this give no cut worth keeping
 
 
-def fit_adapter(raw: np.ndarray, X: np.ndarray, y: np.ndarray, random_state: int = 0) -> Any:
-    """A small regression ensemble on the working response of base raw scores `raw` for labels `y`.
-
-    Fixed settings (shallow trees, 20-step leaves, 60 rounds at 0.1): with a few hundred steps
-    there is nothing to tune them on, and they were not tuned on the reported figures.
-    """
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
-    p = 1.0 / (1.0 + np.exp(-raw))
-    weight = np.clip(p * (1.0 - p), 1e-3, None)
-    target = np.clip((y - p) / weight, -4.0, 4.0)
-    adapter = HistGradientBoostingRegressor(max_iter=60, learning_rate=0.1, max_leaf_nodes=7, min_samples_leaf=10,
-                                            l2_regularization=1.0, early_stopping=False, random_state=random_state)
-    return adapter.fit(X, target, sample_weight=weight)
+def refit(classifier: StepClassifier, training: TrainingRows, new: TrainingRows) -> tuple[StepClassifier, TrainingRows]:
+    """`classifier`'s settings fitted on `training` plus `new` (whose trajectories' old rows are dropped)."""
+    rows = training.without(set(new.groups.tolist())).plus(new)
+    clf = StepClassifier(**classifier.get_params()).fit(rows.X, rows.y, groups=rows.groups, sample_weight=rows.weight)
+    return clf, rows
 
 
-def adapt_env(
-    raw: Sequence[np.ndarray], X: Sequence[np.ndarray], y: Sequence[np.ndarray], calibrate: Callable[[np.ndarray], np.ndarray],
-    ratio: float = DEFAULT_RATIO,
-) -> tuple[Any, float, list[np.ndarray], list[float]]:
-    """Adapt to one env from its labeled trajectories (per trajectory: base raw scores, features,
-    0/1 labels). Returns the adapter fitted on all of them, the env's cut tuned on leave-one-out
-    probabilities, those probabilities, and for each trajectory the cut tuned without it."""
-    loo = []
-    for i in range(len(raw)):
-        others = [j for j in range(len(raw)) if j != i]
-        adapter = fit_adapter(np.concatenate([raw[j] for j in others]), np.vstack([X[j] for j in others]), np.concatenate([y[j] for j in others]))
-        loo.append(calibrate(raw[i] + adapter.predict(X[i])))
-    cuts = [best_threshold([loo[j] for j in range(len(raw)) if j != i], [y[j] for j in range(len(raw)) if j != i], ratio) for i in range(len(raw))]
-    adapter = fit_adapter(np.concatenate(raw), np.vstack(X), np.concatenate(y))
-    return adapter, best_threshold(loo, y, ratio), loo, cuts
+def env_cuts(clf: StepClassifier, rows: TrainingRows, env: str, ratio: float = DEFAULT_RATIO) -> tuple[float, dict[str, float]]:
+    """The cut of `env` tuned on the refit's out-of-fold probabilities of its trajectories, and per
+    trajectory the cut tuned on the env's other trajectories (for an honest estimate)."""
+    slices = [i for i in group_slices(rows.groups) if rows.envs[i[0]] == env]
+    proba = [clf.oof_proba_[i] for i in slices]
+    gold = [rows.y[i] for i in slices]
+    loo = {str(rows.groups[i[0]]): best_threshold(proba[:k] + proba[k + 1 :], gold[:k] + gold[k + 1 :], ratio) for k, i in enumerate(slices)}
+    return best_threshold(proba, gold, ratio), loo
 
 
 def adapt_distilled(
@@ -89,66 +69,71 @@ def adapt_distilled(
     cache: str | Path | None = "default",
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Adapt the model at `base_dir` to every env of `labels` that has enough of them and save
-    the adapted model to `out_dir` (if given). Returns the report (per env: trajectories, the
-    base model's F1 in its default mode and the leave-one-out F1 after adaptation) and the
-    model under "model"."""
+    """Refit the model at `base_dir` with `labels`, give every env of them that has enough its own
+    cut, and save the adapted model to `out_dir` (if given). Returns the report (per env:
+    trajectories, the base model's F1 in its default mode and the out-of-fold F1 after adaptation)
+    and the model under "model"."""
     if out_dir is not None:
         check_replaceable_dir(out_dir, MODEL_KIND)
     base = load_model(base_dir)
+    if base.training is None:
+        raise ModelError(f"{base_dir} carries no training rows (saved before model format 3), so it cannot be refitted; "
+                         "retrain it with `critstep distill`, which saves them")
     extractor = FeatureExtractor(base.features, device=device, cache=cache, progress=progress)
     data = build_dataset(extractor, trajectories, labels)
     if len(data.y) == 0:
         raise InputError("no labeled trajectory with steps to adapt to")
-    # "before" is the model as it is (with any adapter it already has); a new adapter is fitted on
-    # the classifier alone and replaces an earlier one of the same env.
-    raw_now = base.raw_scores(data.X, [t.env for t in data.trajectories for _ in range(t.n_steps)])
-    raw_all = base.classifier.decision_function(data.X)
-    rows = {t.id: np.flatnonzero(data.groups == t.id) for t in data.trajectories}
+    env_of = {t.id: t.env for t in data.trajectories}
+    new = TrainingRows(data.X, data.y, data.groups, np.array([env_of[g] for g in data.groups]), np.full(len(data.y), ADAPT_WEIGHT))
+    clf, rows = refit(base.classifier, base.training, new)
     by_env: dict[str, list[Trajectory]] = {}
     for t in data.trajectories:
         by_env.setdefault(t.env, []).append(t)
-    policy = replace(base.policy, env_thresholds=dict(base.policy.env_thresholds))
-    adapters = dict(base.adapters)
     report: dict[str, Any] = {"base": str(base_dir), "envs": {}}
-    before: dict[str, Selection] = {}
-    after: dict[str, Selection] = {}
+    adapted = dict(base.policy.env_thresholds)  # envs adapted before get their cut again: the model changed
     for env, ts in sorted(by_env.items()):
-        for t in ts:
-            p = base.calibrate(raw_now[rows[t.id]])
-            before[t.id] = Selection(t.id, base.policy.select(p, ratio, env=env), scores=[float(v) for v in p])
-        positives = int(sum(data.y[rows[t.id]].sum() for t in ts))
-        if len(ts) < MIN_TRAJECTORIES or positives == 0 or positives == sum(t.n_steps for t in ts):
+        positives = sum(len(labels[t.id].steps) for t in ts)
+        if len(ts) >= MIN_TRAJECTORIES and 0 < positives < sum(t.n_steps for t in ts):
+            adapted[env] = 0.0
+            report["envs"][env] = {"trajectories": len(ts), "adapted": True}
+        else:
             report["envs"][env] = {"trajectories": len(ts), "adapted": False,
                                    "why": f"needs >= {MIN_TRAJECTORIES} labeled trajectories with critical and other steps"}
-            after |= {t.id: before[t.id] for t in ts}
-            continue
-        adapter, cut, loo, cuts = adapt_env([raw_all[rows[t.id]] for t in ts], [data.X[rows[t.id]] for t in ts],
-                                            [data.y[rows[t.id]] for t in ts], base.calibrate, ratio)
-        for t, p, c in zip(ts, loo, cuts, strict=True):
-            after[t.id] = Selection(t.id, select_top(p, count_for(p, "threshold", ratio, c, 1.0)), scores=[float(v) for v in p])
-        adapters[env], policy.env_thresholds[env] = adapter, cut
-        report["envs"][env] = {"trajectories": len(ts), "adapted": True, "threshold": cut}
+    loo: dict[str, float] = {}
+    for env in adapted:
+        adapted[env], cuts = env_cuts(clf, rows, env, ratio)
+        loo |= cuts
+        if env in report["envs"]:
+            report["envs"][env]["threshold"] = adapted[env]
+    clf.policy_.env_thresholds = adapted
+    new_rows = {g: np.flatnonzero(rows.groups == g) for g in set(data.groups.tolist())}
+    before: dict[str, Selection] = {}
+    after: dict[str, Selection] = {}
+    for t in data.trajectories:
+        p = base.proba(data.X[data.groups == t.id])
+        before[t.id] = Selection(t.id, base.policy.select(p, ratio, env=t.env), scores=[float(v) for v in p])
+        q = clf.oof_proba_[new_rows[t.id]]
+        steps = select_top(q, count_for(q, "threshold", ratio, loo[t.id], 1.0)) if t.id in loo else clf.policy_.select(q, ratio, env=t.env)
+        after[t.id] = Selection(t.id, steps, scores=[float(v) for v in q])
     by_id = {t.id: t for t in data.trajectories}
     gold = {t.id: labels[t.id] for t in data.trajectories}
     report["before"] = evaluate_selections(before, gold, by_id)
-    report["after_leave_one_out"] = evaluate_selections(after, gold, by_id)
-    overlap = set(base.card.get("training_ids", [])) & set(rows)
+    report["after_out_of_fold"] = evaluate_selections(after, gold, by_id)
+    overlap = set(base.card.get("training_ids", [])) & set(by_id)
     if overlap:
         report["warning"] = f"{len(overlap)} of these trajectories are training data of the base model: its 'before' F1 is in-sample"
     card = dict(base.card)
-    card["training_ids"] = sorted(set(card.get("training_ids", [])) | set(rows))
+    card["training_ids"] = sorted(set(rows.groups.tolist()))
     card["adapted_from"] = {
         "base": Path(base_dir).name,
         "labels": dict(sorted(Counter(t.env for t in data.trajectories).items())),
-        "adapted envs": ", ".join(f"{e} (cut {v['threshold']:.2f})" for e, v in report["envs"].items() if v["adapted"]) or "none",
+        "refit": f"on the base's {len(base.training.y)} training rows plus {len(data.y)} new ones weighted {ADAPT_WEIGHT:g}x",
+        "envs with their own cut": ", ".join(f"{e} ({c:.2f})" for e, c in sorted(adapted.items())) or "none",
         "F1 on the adaptation labels, base model": round(report["before"]["f1"], 4),
-        "F1 on the adaptation labels, adapted (leave one trajectory out)": round(report["after_leave_one_out"]["f1"], 4),
+        "F1 on the adaptation labels, adapted (out of fold)": round(report["after_out_of_fold"]["f1"], 4),
         "versions": versions(),
     }
-    clf = copy(base.classifier)
-    clf.policy_ = policy
-    model = DistilledModel(clf, base.features, base.feature_names, card, adapters)
+    model = DistilledModel(clf, base.features, base.feature_names, card, rows)
     report["model"] = model
     if out_dir is not None:
         report["out_dir"] = str(save_model(model, out_dir))

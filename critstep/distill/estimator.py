@@ -60,8 +60,11 @@ class StepClassifier(ClassifierMixin, BaseEstimator):
         (grouped by the `groups` passed to `fit`: trajectory ids); 0 or 1 turns both off.
     ratio: the per-trajectory cap used when fitting `policy_`.
 
-    After `fit`: `calibration_` (Platt a, b), `policy_` (a `SelectionPolicy`) and `threshold_`
-    (= `policy_.threshold`, what `predict` cuts at).
+    After `fit`: `calibration_` (Platt a, b), `policy_` (a `SelectionPolicy`), `threshold_`
+    (= `policy_.threshold`, what `predict` cuts at) and `oof_proba_`, the calibrated out-of-fold
+    probability of each training row (what the policy was fitted on; not saved with the model).
+    `sample_weight` weighs rows in the fits and the calibration, not in the policy, whose F1
+    counts every trajectory alike.
     """
 
     def __init__(self, classifier: str = "hgb", calibration_folds: int = 3, ratio: float = DEFAULT_RATIO, random_state: int = 0):
@@ -70,7 +73,9 @@ class StepClassifier(ClassifierMixin, BaseEstimator):
         self.ratio = ratio
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray, y: Sequence[int], groups: Sequence[str] | None = None) -> StepClassifier:
+    def fit(
+        self, X: np.ndarray, y: Sequence[int], groups: Sequence[str] | None = None, sample_weight: Sequence[float] | None = None
+    ) -> StepClassifier:
         X, y = check_X_y(X, y, dtype=np.float64)
         X = validate_data(self, X, reset=True)
         self.classes_ = unique_labels(y)
@@ -79,6 +84,9 @@ class StepClassifier(ClassifierMixin, BaseEstimator):
         groups_arr = np.asarray(groups if groups is not None else np.arange(len(y)))
         if len(groups_arr) != len(y):
             raise ValueError(f"groups has {len(groups_arr)} entries for {len(y)} samples")
+        weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        if weight is not None and weight.shape != (len(y),):
+            raise ValueError(f"sample_weight has shape {weight.shape} for {len(y)} samples")
         self.calibration_ = (1.0, 0.0)
         self.policy_ = SelectionPolicy()
         folds = min(self.calibration_folds, len(np.unique(groups_arr)))
@@ -89,14 +97,22 @@ class StepClassifier(ClassifierMixin, BaseEstimator):
                 if len(np.unique(y[train])) < 2:
                     raw[test] = 0.0
                     continue
-                raw[test] = make_base(self.classifier, self.random_state).fit(X[train], y[train]).decision_function(X[test])
-            platt = LogisticRegression(C=1e4).fit(raw.reshape(-1, 1), y)
+                raw[test] = self._fit_base(X[train], y[train], None if weight is None else weight[train]).decision_function(X[test])
+            platt = LogisticRegression(C=1e4).fit(raw.reshape(-1, 1), y, sample_weight=weight)
             self.calibration_ = (float(platt.coef_[0, 0]), float(platt.intercept_[0]))
-            proba = self._calibrate(raw)
+            self.oof_proba_ = self._calibrate(raw)
             slices = group_slices(groups_arr)
-            self.policy_ = fit_policy([proba[i] for i in slices], [y[i] for i in slices], ratio=self.ratio)
-        self.estimator_ = make_base(self.classifier, self.random_state).fit(X, y)
+            self.policy_ = fit_policy([self.oof_proba_[i] for i in slices], [y[i] for i in slices], ratio=self.ratio)
+        self.estimator_ = self._fit_base(X, y, weight)
         return self
+
+    def _fit_base(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> BaseEstimator:
+        base = make_base(self.classifier, self.random_state)
+        if weight is None:
+            return base.fit(X, y)
+        if self.classifier == "logreg":  # a pipeline: the weight goes to its last step
+            return base.fit(X, y, logisticregression__sample_weight=weight)
+        return base.fit(X, y, sample_weight=weight)
 
     @property
     def threshold_(self) -> float:

@@ -1,9 +1,11 @@
 """Saving and loading a distilled model directory, without pickle.
 
     model.skops      the fitted scikit-learn estimator (skops; loaded with an explicit allow-list)
-    adapter-N.skops  per-env adapters from `critstep distill --base` (see adapt.py), if any
-    model.json       feature settings, calibration, selection policy, adapters' envs, feature names,
-                     training stats, CV metrics
+    training.npz     the feature rows it was fitted on (labels, trajectory ids, envs, weights), so
+                     `critstep distill --base` can refit it with a new env's labels (see adapt.py);
+                     plain arrays, read with allow_pickle=False
+    model.json       feature settings, calibration, selection policy, feature names, training
+                     stats, CV metrics
     README.md        the model card, for people
 
 skops refuses types it does not trust; we trust only the few scikit-learn internals our own
@@ -12,8 +14,10 @@ Everything about a directory is checked when it is loaded, before any feature is
 a pickle, an archive holding something else than our classifier, or a feature count that does
 not match fails with one line.
 
-Format 2 adds the selection policy (mode, threshold, count scale) and the adapters; a format-1
-directory (critstep 0.1) still loads, with threshold mode as its default.
+Format 3 adds the selection policy (mode, threshold, count scale, per-env cuts) and the training
+rows; a format-1 directory (critstep 0.1) still loads, with threshold mode as its default, and
+`--base` refuses it in one line (it carries no training rows). Format 2 (development builds only)
+loads unless it holds per-env adapters, which were replaced by the refit.
 """
 
 from __future__ import annotations
@@ -34,45 +38,60 @@ from critstep.distill.policy import SelectionPolicy
 from critstep.errors import ModelError
 from critstep.io import atomic_dir
 
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
+TRAINING_FILE = "training.npz"
 MODEL_KIND = "distilled-model"
 TRUSTED_TYPES = {"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"}
 SHIPPED_MODEL = "distilled-selector-seed306"
 
 
 @dataclass
-class DistilledModel:
-    """A trained step classifier with the feature settings it was trained on.
+class TrainingRows:
+    """The feature rows a classifier was fitted on: per row its label, trajectory id, env and weight."""
 
-    `adapters` maps an env to a regression ensemble whose output is added to the classifier's
-    raw score for that env's steps (`critstep distill --base`, see adapt.py).
-    """
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    envs: np.ndarray
+    weight: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.y)
+        if self.X.ndim != 2 or any(len(a) != n for a in (self.X, self.groups, self.envs, self.weight)):
+            raise ValueError(f"training rows disagree in length: X {self.X.shape}, y {len(self.y)}, groups {len(self.groups)}, "
+                             f"envs {len(self.envs)}, weight {len(self.weight)}")
+
+    def without(self, ids: set[str]) -> TrainingRows:
+        """The rows of the other trajectories."""
+        keep = ~np.isin(self.groups, list(ids))
+        return TrainingRows(self.X[keep], self.y[keep], self.groups[keep], self.envs[keep], self.weight[keep])
+
+    def plus(self, other: TrainingRows) -> TrainingRows:
+        return TrainingRows(*(np.concatenate([a, b]) for a, b in zip(self.arrays(), other.arrays(), strict=True)))
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return self.X, self.y, self.groups, self.envs, self.weight
+
+
+@dataclass
+class DistilledModel:
+    """A trained step classifier with the feature settings it was trained on, and (format 3) the
+    rows it was trained on, which `critstep distill --base` refits with a new env's labels."""
 
     classifier: StepClassifier
     features: FeatureConfig
     feature_names: list[str]
     card: dict[str, Any] = field(default_factory=dict)
-    adapters: dict[str, Any] = field(default_factory=dict)
+    training: TrainingRows | None = None
 
     @property
     def policy(self) -> SelectionPolicy:
         return self.classifier.policy_
 
-    def raw_scores(self, X: np.ndarray, envs: Sequence[str]) -> np.ndarray:
-        """The classifier's raw score per row, plus the adapter of the row's env where there is one."""
-        raw = self.classifier.decision_function(X) if len(X) else np.zeros(0)
-        envs_arr = np.asarray(envs, dtype=object)
-        for env, adapter in self.adapters.items():
-            rows = envs_arr == env
-            if rows.any():
-                raw[rows] += adapter.predict(X[rows])
-        return raw
-
-    def calibrate(self, raw: np.ndarray) -> np.ndarray:
-        """P(critical) from raw scores (the classifier's Platt calibration)."""
-        a, b = self.classifier.calibration_
-        return 1.0 / (1.0 + np.exp(-(a * np.asarray(raw, dtype=float) + b)))
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated P(critical) per row."""
+        return self.classifier.predict_proba(X)[:, 1] if len(X) else np.zeros(0)
 
 
 def default_model_dir() -> Path:
@@ -126,16 +145,16 @@ def save_model(model: DistilledModel, out_dir: str | Path) -> Path:
     with atomic_dir(out, MODEL_KIND) as tmp:
         clf = model.classifier
         sio.dump(clf.estimator_, tmp / "model.skops")
-        adapters = []
-        for i, (env, adapter) in enumerate(sorted(model.adapters.items())):
-            sio.dump(adapter, tmp / f"adapter-{i}.skops")
-            adapters.append({"env": env, "file": f"adapter-{i}.skops"})
+        if model.training is not None:
+            t = model.training
+            np.savez_compressed(tmp / TRAINING_FILE, X=t.X.astype(np.float32), y=t.y.astype(np.uint8), groups=t.groups.astype(str),
+                                envs=t.envs.astype(str), weight=t.weight.astype(np.float32))
         meta = {
             "format_version": FORMAT_VERSION,
             "classifier": clf.get_params(),
             "calibration": list(clf.calibration_),
             "policy": clf.policy_.to_dict(),
-            "adapters": adapters,
+            "training_rows": None if model.training is None else TRAINING_FILE,
             "n_features": int(clf.n_features_in_),
             "features": model.features.to_dict(),
             "feature_names": model.feature_names,
@@ -197,28 +216,38 @@ def load_model(model_dir: str | Path) -> DistilledModel:
             policy = SelectionPolicy(mode="threshold", threshold=float(meta["threshold"]))
         else:
             policy = SelectionPolicy.from_dict(meta["policy"])
-        adapter_files = {str(a["env"]): d / Path(str(a["file"])).name for a in meta.get("adapters", [])}
+        if meta.get("adapters"):
+            raise ModelError(f"{d}: per-env adapters (a development build's format 2) are no longer read; adapt the base model again "
+                             "with `critstep distill --base`")
+        training_file = meta.get("training_rows")
     except ModelError:
         raise
     except Exception as e:  # a damaged or foreign model.json: one line, whatever broke
         raise ModelError(f"{d}: cannot read the model ({type(e).__name__}: {e})") from None
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
     estimator = _load_skops(skops_path, _expected_estimator(clf.classifier))
-    adapters = {env: _load_skops(path, HistGradientBoostingRegressor) for env, path in adapter_files.items()}
     if getattr(estimator, "n_features_in_", n_features) != n_features or len(feature_names) != n_features:
         raise ModelError(f"{d}: the classifier expects {getattr(estimator, 'n_features_in_', '?')} features, model.json names "
                          f"{len(feature_names)} and says {n_features}")
-    for env, adapter in adapters.items():  # else a foreign adapter fails mid-selection, after the features were paid for
-        if getattr(adapter, "n_features_in_", None) != n_features:
-            raise ModelError(f"{adapter_files[env]}: the adapter of {env!r} expects {getattr(adapter, 'n_features_in_', '?')} features, "
-                             f"the model {n_features}")
+    training = None if training_file is None else _load_training(d / Path(str(training_file)).name, n_features)
     clf.estimator_ = estimator
     clf.classes_ = np.array([0, 1])
     clf.n_features_in_ = n_features
     clf.calibration_ = calibration
     clf.policy_ = policy
-    return DistilledModel(clf, features, feature_names, meta.get("card", {}), adapters)
+    return DistilledModel(clf, features, feature_names, meta.get("card", {}), training)
+
+
+def _load_training(path: Path, n_features: int) -> TrainingRows:
+    """The training rows of a model directory, checked: plain arrays only (no pickle), matching shapes."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            rows = TrainingRows(f["X"].astype(np.float64), f["y"].astype(int), f["groups"], f["envs"], f["weight"].astype(np.float64))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise ModelError(f"{path}: cannot read the training rows ({type(e).__name__}: {e}); critstep never loads pickles") from None
+    if rows.X.shape[1] != n_features or not set(np.unique(rows.y)) <= {0, 1}:
+        raise ModelError(f"{path}: training rows of {rows.X.shape[1]} features with labels {sorted(set(np.unique(rows.y)))}; "
+                         f"the model has {n_features} features and 0/1 labels")
+    return rows
 
 
 def _pm(stats: dict[str, float] | None) -> str:
@@ -249,8 +278,8 @@ def model_card(model: DistilledModel) -> str:
     ]
     if policy.fit_f1:
         lines.append("- chosen on out-of-fold predictions of the training data: " + ", ".join(f"{m} F1 {v:.3f}" for m, v in policy.fit_f1.items()))
-    if model.adapters:
-        lines.append(f"- adapted to: {', '.join(sorted(model.adapters))} (an adapter per env, see the adaptation section)")
+    if policy.env_thresholds:
+        lines.append("- own cuts of adapted envs: " + ", ".join(f"{e} {c:.2f}" for e, c in sorted(policy.env_thresholds.items())))
     adapted = card.get("adapted_from")
     if adapted:
         lines += ["", "## Adaptation", *(f"- {k}: {v}" for k, v in adapted.items())]

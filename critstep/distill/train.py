@@ -20,7 +20,7 @@ from critstep.distill.dataset import StepDataset, build_dataset
 from critstep.distill.estimator import StepClassifier
 from critstep.distill.features import FeatureConfig, FeatureExtractor
 from critstep.distill.metrics import evaluate_selections
-from critstep.distill.persistence import MODEL_KIND, DistilledModel, save_model, versions
+from critstep.distill.persistence import MODEL_KIND, DistilledModel, TrainingRows, save_model, versions
 from critstep.distill.policy import MODES, SelectionPolicy
 from critstep.errors import InputError
 from critstep.io import check_replaceable_dir
@@ -198,7 +198,9 @@ def train_distilled(
     card = {"training_data": report["training_data"], "cv": report.get("cv", {}), "versions": versions(),
             # so that `compare` and `evaluate` can tell when the model is scored on its own training data
             "training_ids": sorted(str(g) for g in set(data.groups))}
-    model = DistilledModel(clf, extractor.config, extractor.feature_names(), card)
+    env_of = {t.id: t.env for t in data.trajectories}
+    rows = TrainingRows(data.X, data.y, data.groups, np.array([env_of[g] for g in data.groups]), np.ones(len(data.y)))
+    model = DistilledModel(clf, extractor.config, extractor.feature_names(), card, rows)
     report["policy"] = clf.policy_.to_dict()
     report["model"] = model
     if out_dir is not None:

@@ -59,8 +59,7 @@ class DistilledSelector(Selector):
         X, index = self.extractor.transform(trajectories)
         if X.shape[1] != self.model.classifier.n_features_in_:
             raise ModelError(f"features have {X.shape[1]} columns but the model expects {self.model.classifier.n_features_in_}")
-        env_of = {t.id: t.env for t in trajectories}
-        proba = self.model.calibrate(self.model.raw_scores(X, [env_of[tid] for tid, _ in index]))
+        proba = self.model.proba(X)
         rows: dict[str, list[int]] = {}
         for i, (tid, _) in enumerate(index):
             rows.setdefault(tid, []).append(i)
