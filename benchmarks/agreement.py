@@ -147,6 +147,27 @@ class Stacked(OutOfFoldCalibrated):
         return np.concatenate([stage2.decision_function(np.hstack([X[r], proba_context(p1[r])])) for r in _runs(groups)])
 
 
+class Ensemble(OutOfFoldCalibrated):
+    """The HGB, LambdaRank and stacked models together: the mean of their raw scores, each
+    standardized on the training rows (their scales differ), calibrated as one score."""
+
+    members = (Ranker, Stacked)
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> Any:
+        fitted = [(None, make_base("hgb").fit(X, y))] + [(member(), None) for member in self.members]
+        fitted = [(m, f if m is None else m._fit(X, y, groups)) for m, f in fitted]
+        raw = [self._member(m, f, X, groups) for m, f in fitted]
+        return fitted, [(float(r.mean()), float(r.std()) or 1.0) for r in raw]
+
+    @staticmethod
+    def _member(member: OutOfFoldCalibrated | None, fitted: Any, X: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        return fitted.decision_function(X) if member is None else member._score(fitted, X, groups)
+
+    def _score(self, model: Any, X: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        fitted, scales = model
+        return np.mean([(self._member(m, f, X, groups) - mu) / sd for (m, f), (mu, sd) in zip(fitted, scales, strict=True)], axis=0)
+
+
 class Sequence(OutOfFoldCalibrated):
     """A small network over the standardized step vectors of one trajectory: a 2-layer transformer
     encoder ("transformer") or 4 dilated residual convolutions ("conv"), per-step logits, BCE
@@ -248,6 +269,7 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], bool, Callable[[], Callable[[], Any
     "transformer": (("semantic", "structural", "progress"), True, lambda: (lambda: Sequence("transformer"))),
     "conv": (("semantic", "structural", "progress"), True, lambda: (lambda: Sequence("conv"))),
     "gbm+hidden": (("semantic", "hidden", "structural", "progress"), False, _hgb),
+    "ensemble": (("semantic", "structural", "progress"), True, lambda: Ensemble),
 }
 # The sequence models read each step's own vector: the neighbour/rank context columns are left out.
 NO_CONTEXT = ("transformer", "conv")
