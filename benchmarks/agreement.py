@@ -24,7 +24,8 @@ Candidates (see `CANDIDATES`): the previous release's recipe (HGB on semantic + 
 features), the shipped recipe ("gbm": + progress features, without the env-specific hashed
 action names), the same with the hashed names, structural + progress only, a LambdaRank model within trajectories, stacked sequential
 learning (a second HGB on the neighbours' out-of-fold probabilities), a 2-layer transformer and
-a dilated-convolution network over the step vectors of a trajectory (torch, CPU), and the HGB
+a dilated-convolution network over the step vectors of a trajectory (torch, CPU), the mean of
+the HGB, LambdaRank and stacked models' standardized scores ("ensemble"), and the HGB
 with the small LM's hidden states (group "hidden"; on the trajectories whose hidden states are
 cached: `--hidden-cached-only`, a paired subset, because that pass over the whole seed set costs
 hours on the shared CPU).
