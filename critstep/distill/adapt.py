@@ -20,7 +20,7 @@ adapted agreement the same way, each trajectory selected with a cut tuned on the
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +49,16 @@ def refit(classifier: StepClassifier, training: TrainingRows, new: TrainingRows)
     return clf, rows
 
 
-def env_cuts(clf: StepClassifier, rows: TrainingRows, env: str, ratio: float = DEFAULT_RATIO) -> tuple[float, dict[str, float]]:
-    """The cut of `env` tuned on the refit's out-of-fold probabilities of its trajectories, and per
-    trajectory the cut tuned on the env's other trajectories (for an honest estimate)."""
+def env_cuts(
+    clf: StepClassifier, rows: TrainingRows, env: str, ratio: float = DEFAULT_RATIO, held_out: Collection[str] = ()
+) -> tuple[float, dict[str, float]]:
+    """The cut of `env` tuned on the refit's out-of-fold probabilities of its trajectories, and for
+    each of its trajectories in `held_out` the cut tuned on the env's others (an honest estimate)."""
     slices = [i for i in group_slices(rows.groups) if rows.envs[i[0]] == env]
     proba = [clf.oof_proba_[i] for i in slices]
     gold = [rows.y[i] for i in slices]
-    loo = {str(rows.groups[i[0]]): best_threshold(proba[:k] + proba[k + 1 :], gold[:k] + gold[k + 1 :], ratio) for k, i in enumerate(slices)}
+    loo = {str(rows.groups[i[0]]): best_threshold(proba[:k] + proba[k + 1 :], gold[:k] + gold[k + 1 :], ratio)
+           for k, i in enumerate(slices) if rows.groups[i[0]] in held_out}
     return best_threshold(proba, gold, ratio), loo
 
 
@@ -90,22 +93,21 @@ def adapt_distilled(
     for t in data.trajectories:
         by_env.setdefault(t.env, []).append(t)
     report: dict[str, Any] = {"base": str(base_dir), "envs": {}}
-    adapted = dict(base.policy.env_thresholds)  # envs adapted before get their cut again: the model changed
+    own_cut = set(base.policy.env_thresholds)  # envs adapted before get their cut again: the model changed
     for env, ts in sorted(by_env.items()):
         positives = sum(len(labels[t.id].steps) for t in ts)
         if len(ts) >= MIN_TRAJECTORIES and 0 < positives < sum(t.n_steps for t in ts):
-            adapted[env] = 0.0
+            own_cut.add(env)
             report["envs"][env] = {"trajectories": len(ts), "adapted": True}
         else:
             report["envs"][env] = {"trajectories": len(ts), "adapted": False,
                                    "why": f"needs >= {MIN_TRAJECTORIES} labeled trajectories with critical and other steps"}
     loo: dict[str, float] = {}
-    for env in adapted:
-        adapted[env], cuts = env_cuts(clf, rows, env, ratio)
+    for env in sorted(own_cut):
+        clf.policy_.env_thresholds[env], cuts = env_cuts(clf, rows, env, ratio, held_out=set(data.groups.tolist()))
         loo |= cuts
         if env in report["envs"]:
-            report["envs"][env]["threshold"] = adapted[env]
-    clf.policy_.env_thresholds = adapted
+            report["envs"][env]["threshold"] = clf.policy_.env_thresholds[env]
     new_rows = {g: np.flatnonzero(rows.groups == g) for g in set(data.groups.tolist())}
     before: dict[str, Selection] = {}
     after: dict[str, Selection] = {}
@@ -128,9 +130,10 @@ def adapt_distilled(
         "base": Path(base_dir).name,
         "labels": dict(sorted(Counter(t.env for t in data.trajectories).items())),
         "refit": f"on the base's {len(base.training.y)} training rows plus {len(data.y)} new ones weighted {ADAPT_WEIGHT:g}x",
-        "envs with their own cut": ", ".join(f"{e} ({c:.2f})" for e, c in sorted(adapted.items())) or "none",
+        "envs with their own cut": ", ".join(f"{e} ({c:.2f})" for e, c in sorted(clf.policy_.env_thresholds.items())) or "none",
         "F1 on the adaptation labels, base model": round(report["before"]["f1"], 4),
         "F1 on the adaptation labels, adapted (out of fold)": round(report["after_out_of_fold"]["f1"], 4),
+        "cross-validated figures below": "the base model's, before this refit",
         "versions": versions(),
     }
     model = DistilledModel(clf, base.features, base.feature_names, card, rows)
