@@ -28,7 +28,9 @@ a dilated-convolution network over the step vectors of a trajectory (torch, CPU)
 the HGB, LambdaRank and stacked models' standardized scores ("ensemble"), and the HGB
 with the small LM's hidden states (group "hidden"; on the trajectories whose hidden states are
 cached: `--hidden-cached-only`, a paired subset, because that pass over the whole seed set costs
-hours on the shared CPU).
+hours on the shared CPU). The fine-tuned MiniLM cross-encoder ("encoder", and stacked into or
+blended with gbm: "gbm+encoder", "gbm+encoder-blend") is trained and scored on the dev folds by
+benchmarks/encoder_candidate.py, through this file's helpers and `cross_validate`.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/agreement.py --protocol dev --candidates gbm,gbm-v1,ranker
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/agreement.py --protocol report --candidates gbm,gbm-v1
