@@ -5,7 +5,7 @@ Each step is one input to all-MiniLM-L6-v2 (the local `minilm`), fine-tuned on C
     [CLS] step k of n [SEP] task (head) [SEP] before: observation before (head)
           [SEP] step: the step (tail) [SEP] after: observation after (head) [SEP]
 
-truncated per field (task 40 tokens, observation before 40, step 80 from its end, observation
+truncated per field (task 48 tokens, head and tail; observation before 40, step 80 from its end, observation
 after 64: at most ~240 tokens), mean-pooled, concatenated with position inputs (k / (n - 1),
 log(1 + n) / 5, first step, last step) and scored by a linear head; plain BCE, AdamW (layers
 lr 1e-4, head 1e-3, 5% warm-up then linear decay), 3 epochs, batches of 16 of similar length. The
