@@ -94,7 +94,6 @@ def test_distill_suggest_cli_with_a_real_model_and_minilm_embeddings(tmp_path, m
     from click.testing import CliRunner
 
     import critstep.selector.distilled
-
     from critstep.cli import cli
     from critstep.formats import write_trajectories
     from critstep.labels import CriticalStep, TrajectoryLabels, write_labels

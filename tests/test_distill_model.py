@@ -110,20 +110,39 @@ def test_adapters_of_a_development_format_2_fail_in_one_line(tmp_path: Path) -> 
         load_model(d)
 
 
-def test_training_rows_that_are_a_pickle_or_of_another_width_fail_in_one_line(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def shipped_rows() -> dict[str, np.ndarray]:
+    with np.load(default_model_dir() / "training.npz") as f:
+        return dict(f)
+
+
+@pytest.mark.parametrize("bad", ["pickled", "narrow", "short_y", "y0d", "y_fraction", "x_inf", "weight_nan", "weight_negative",
+                                 "groups_int", "groups_2d"])
+def test_damaged_training_rows_fail_in_one_line_and_only_where_they_are_needed(tmp_path: Path, shipped_rows, bad: str) -> None:
+    a = shipped_rows
+    n = len(a["y"])
+    damage = {"pickled": {"groups": np.array([{"x": 1}] * n, dtype=object)}, "narrow": {"X": a["X"][:, :5]}, "short_y": {"y": a["y"][:-1]},
+              "y0d": {"y": np.array(1)}, "y_fraction": {"y": np.full(n, 0.7)}, "x_inf": {"X": np.full_like(a["X"], np.inf)},
+              "weight_nan": {"weight": np.full(n, np.nan)}, "weight_negative": {"weight": -np.ones(n, dtype=np.float32)},
+              "groups_int": {"groups": np.arange(n)}, "groups_2d": {"groups": a["groups"][:, None]}}[bad]
     d = tmp_path / "model"
     shutil.copytree(default_model_dir(), d)
-    with np.load(d / "training.npz") as f:
-        arrays = dict(f)
-    np.savez(d / "training.npz", **(arrays | {"groups": np.array([{"x": 1}] * len(arrays["y"]), dtype=object)}))
-    with pytest.raises(ModelError, match="cannot read the training rows .* never loads pickles"):
-        load_model(d)
-    np.savez(d / "training.npz", **(arrays | {"X": arrays["X"][:, :5]}))
-    with pytest.raises(ModelError, match="training rows of 5 features"):
-        load_model(d)
-    np.savez(d / "training.npz", **(arrays | {"y": arrays["y"][:-1]}))
-    with pytest.raises(ModelError, match="disagree in length"):
-        load_model(d)
+    np.savez(d / "training.npz", **(a | damage))
+    model = load_model(d)  # selecting needs no training rows: the model loads and scores
+    assert len(model.proba(a["X"][:3].astype(np.float64))) == 3
+    with pytest.raises(ModelError, match="never loads pickles" if bad == "pickled" else "damaged training rows"):
+        model.training_rows()
+
+
+def test_a_model_copied_without_its_training_rows_still_selects_and_base_says_why(tmp_path: Path) -> None:
+    d = tmp_path / "model"
+    shutil.copytree(default_model_dir(), d)
+    (d / "training.npz").unlink()
+    trajectories = read_trajectories(SAMPLE / "trajectories.jsonl")[:2]
+    assert DistilledSelector(d, cache=None).select(trajectories)
+    with pytest.raises(ModelError, match="cannot read the training rows") as e:
+        load_model(d).training_rows()
+    assert "pickle" not in str(e.value)
 
 
 def test_the_shipped_model_is_the_default_and_selects_in_its_own_mode() -> None:
@@ -193,14 +212,15 @@ def test_distill_base_refits_the_shipped_model_with_an_envs_labels(seed_slice: P
     assert "tau-airline: 4 labeled trajectories; F1 base" in output and "training data of the base model" in output
     adapted, base = load_model(out), load_model(default_model_dir())
     assert set(adapted.policy.env_thresholds) == {"alfworld", "qa-search", "tau-airline"}
-    assert adapted.card["adapted_from"]["base"] == SHIPPED_MODEL and "Adaptation" in (out / "README.md").read_text()
+    assert adapted.card["adaptations"][0]["base"] == SHIPPED_MODEL and "Adaptation 1" in (out / "README.md").read_text()
     # the 12 labeled trajectories were training data of the base: their rows are replaced, weighted, not doubled
     ids = {t.id for t in read_trajectories(seed_slice / "traj.jsonl")}
-    new_rows = np.isin(adapted.training.groups, list(ids))
-    assert len(adapted.training.y) == len(base.training.y) and np.all(adapted.training.weight[new_rows] == ADAPT_WEIGHT)
-    assert np.all(adapted.training.weight[~new_rows] == 1.0) and sorted(adapted.card["training_ids"]) == sorted(base.card["training_ids"])
+    rows, base_rows = adapted.training_rows(), base.training_rows()
+    new_rows = np.isin(rows.groups, list(ids))
+    assert len(rows.y) == len(base_rows.y) and np.all(rows.weight[new_rows] == ADAPT_WEIGHT)
+    assert np.all(rows.weight[~new_rows] == 1.0) and sorted(adapted.card["training_ids"]) == sorted(base.card["training_ids"])
     # the classifier itself was refitted: its scores differ from the base's
-    X = base.training.X[:50]
+    X = base_rows.X[:50]
     assert not np.allclose(adapted.proba(X), base.proba(X))
     code, output = run("select", str(seed_slice / "traj.jsonl"), "--model", str(out), "--out", str(tmp_path / "s.jsonl"), "--device", "cpu")
     assert code == 0, output
@@ -209,7 +229,12 @@ def test_distill_base_refits_the_shipped_model_with_an_envs_labels(seed_slice: P
     assert code == 1 and "no such model directory" in output
     code, output = run("distill", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--base", str(out),
                        "--out", str(out))
-    assert code == 1 and "--base" in output and "Traceback" not in output and load_model(out).training is not None  # the base is left as it was
+    assert code == 1 and "--base" in output and "Traceback" not in output and load_model(out).training_rows() is not None  # left as it was
+    # nor over the shipped model, nor anywhere inside the installed package
+    for target in (default_model_dir(), default_model_dir().parent / "mine"):
+        code, output = run("distill", str(seed_slice / "traj.jsonl"), "--labels", str(seed_slice / "labels.jsonl"), "--base", "shipped",
+                           "--out", str(target))
+        assert code == 1 and "inside the installed critstep package" in output and not (default_model_dir().parent / "mine").exists()
 
 
 def test_distill_base_refuses_a_model_without_training_rows_in_one_line(seed_slice: Path, tmp_path: Path) -> None:

@@ -96,6 +96,11 @@ def test_sample_weight_moves_the_fit_toward_the_weighted_rows() -> None:
     assert weighted.oof_proba_.shape == (400,) and np.all((weighted.oof_proba_ >= 0) & (weighted.oof_proba_ <= 1))
     with pytest.raises(ValueError, match="sample_weight has shape"):
         StepClassifier().fit(X, y, groups=groups, sample_weight=weight[:10])
+    for bad in (np.full(400, np.nan), -weight, np.zeros(400)):
+        with pytest.raises(ValueError, match="finite, non-negative and not all zero"):
+            StepClassifier().fit(X, y, groups=groups, sample_weight=bad)
+    weighted.fit(X[:50], y[:50], groups=np.zeros(50))  # one trajectory: no inner folds, so no out-of-fold probabilities
+    assert not hasattr(weighted, "oof_proba_")  # never the previous fit's
 
 
 def test_fit_save_load_round_trip_scores_identically(seed, tmp_path: Path) -> None:
@@ -121,9 +126,10 @@ def test_fit_save_load_round_trip_scores_identically(seed, tmp_path: Path) -> No
     assert np.array_equal(loaded.classifier.predict_proba(X)[:, 1], before)
     assert loaded.policy == report["model"].policy and loaded.classifier.calibration_ == report["model"].classifier.calibration_
     # the training rows come back as they were fitted on (for `distill --base`), read without pickle
-    assert np.array_equal(loaded.training.X, X) and loaded.training.y.sum() == sum(len(labels[t.id].steps) for t in trajectories)
-    assert set(loaded.training.groups) == {t.id for t in trajectories} and np.all(loaded.training.weight == 1.0)
-    assert list(loaded.training.envs) == [t.env for t in trajectories for _ in range(t.n_steps)]
+    rows = loaded.training_rows()
+    assert np.array_equal(rows.X, X) and rows.y.sum() == sum(len(labels[t.id].steps) for t in trajectories)
+    assert set(rows.groups) == {t.id for t in trajectories} and np.all(rows.weight == 1.0)
+    assert list(rows.envs) == [t.env for t in trajectories for _ in range(t.n_steps)]
 
     selector = build_selector("distilled", model_dir=tmp_path / "model", cache=None)
     scores = selector.score(trajectories)

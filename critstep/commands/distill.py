@@ -78,7 +78,12 @@ def command(
         raise ConfigError("--suggest N and --out-suggest FILE go together")
     if base_dir is not None and suggest_n is not None:
         raise ConfigError("--suggest ranks with a model trained here; run it without --base")
-    base_input = None if base_dir in (None, "shipped") else Path(base_dir)
+    from critstep.distill.persistence import default_model_dir
+
+    package = default_model_dir().parents[2]
+    if out is not None and out.resolve().is_relative_to(package.resolve()):
+        raise ConfigError(f"--out {out} is inside the installed critstep package (its shipped model among it); write elsewhere")
+    base_input = default_model_dir() if base_dir == "shipped" else None if base_dir is None else Path(base_dir)
     check_outputs_apart({"TRAJ": expand_source(traj), "--labels": labels_path, "--base": base_input}, {"--out-suggest": out_suggest},
                         {"--out": out})
     check_replaceable_file(out_suggest, SUGGESTIONS_FILE, "--out-suggest")
@@ -140,13 +145,16 @@ def _adapt(base: str, trajectories, labels, out: Path, ratio: float, device, cac
         click.echo(json.dumps(report, indent=2))
         return
     for env, info in report["envs"].items():
+        if not info["trajectories"]:
+            click.echo(f"{env}: {info['why']} ({info['threshold']:.2f})")
+            continue
         before = report["before"]["per_env"][env]["f1"]
         after = report["after_out_of_fold"]["per_env"][env]["f1"]
         if info["adapted"]:
             click.echo(f"{env}: {info['trajectories']} labeled trajectories; F1 base {before:.3f} -> adapted {after:.3f} "
                        "(each trajectory scored out of fold, with a cut tuned on the others)")
         else:
-            click.echo(f"{env}: {info['trajectories']} labeled trajectories; F1 {before:.3f}; not adapted: {info['why']}")
+            click.echo(f"{env}: {info['trajectories']} labeled trajectories; F1 {before:.3f}; {info['why']}")
     if "warning" in report:
         click.echo(f"warning: {report['warning']}", err=True)
     click.echo(f"adapted model saved to {report['out_dir']}")

@@ -87,6 +87,10 @@ class StepClassifier(ClassifierMixin, BaseEstimator):
         weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         if weight is not None and weight.shape != (len(y),):
             raise ValueError(f"sample_weight has shape {weight.shape} for {len(y)} samples")
+        if weight is not None and (not np.isfinite(weight).all() or (weight < 0).any() or not weight.any()):
+            raise ValueError("sample_weight must be finite, non-negative and not all zero")
+        if hasattr(self, "oof_proba_"):
+            del self.oof_proba_  # a refit without inner folds has none: never the previous fit's
         self.calibration_ = (1.0, 0.0)
         self.policy_ = SelectionPolicy()
         folds = min(self.calibration_folds, len(np.unique(groups_arr)))

@@ -84,6 +84,14 @@ class DistilledModel:
     feature_names: list[str]
     card: dict[str, Any] = field(default_factory=dict)
     training: TrainingRows | None = None
+    # where a loaded model's training rows are: read on first use, since only `--base` needs them
+    training_file: Path | None = None
+
+    def training_rows(self) -> TrainingRows | None:
+        """The rows the classifier was fitted on (None for a model saved before format 3)."""
+        if self.training is None and self.training_file is not None:
+            self.training = read_training_rows(self.training_file, int(self.classifier.n_features_in_))
+        return self.training
 
     @property
     def policy(self) -> SelectionPolicy:
@@ -145,8 +153,8 @@ def save_model(model: DistilledModel, out_dir: str | Path) -> Path:
     with atomic_dir(out, MODEL_KIND) as tmp:
         clf = model.classifier
         sio.dump(clf.estimator_, tmp / "model.skops")
-        if model.training is not None:
-            t = model.training
+        t = model.training_rows()
+        if t is not None:
             np.savez_compressed(tmp / TRAINING_FILE, X=t.X.astype(np.float32), y=t.y.astype(np.uint8), groups=t.groups.astype(str),
                                 envs=t.envs.astype(str), weight=t.weight.astype(np.float32))
         meta = {
@@ -154,7 +162,7 @@ def save_model(model: DistilledModel, out_dir: str | Path) -> Path:
             "classifier": clf.get_params(),
             "calibration": list(clf.calibration_),
             "policy": clf.policy_.to_dict(),
-            "training_rows": None if model.training is None else TRAINING_FILE,
+            "training_rows": None if t is None else TRAINING_FILE,
             "n_features": int(clf.n_features_in_),
             "features": model.features.to_dict(),
             "feature_names": model.feature_names,
@@ -228,26 +236,40 @@ def load_model(model_dir: str | Path) -> DistilledModel:
     if getattr(estimator, "n_features_in_", n_features) != n_features or len(feature_names) != n_features:
         raise ModelError(f"{d}: the classifier expects {getattr(estimator, 'n_features_in_', '?')} features, model.json names "
                          f"{len(feature_names)} and says {n_features}")
-    training = None if training_file is None else _load_training(d / Path(str(training_file)).name, n_features)
     clf.estimator_ = estimator
     clf.classes_ = np.array([0, 1])
     clf.n_features_in_ = n_features
     clf.calibration_ = calibration
     clf.policy_ = policy
-    return DistilledModel(clf, features, feature_names, meta.get("card", {}), training)
+    training = None if training_file is None else d / Path(str(training_file)).name
+    return DistilledModel(clf, features, feature_names, meta.get("card", {}), training_file=training)
 
 
-def _load_training(path: Path, n_features: int) -> TrainingRows:
-    """The training rows of a model directory, checked: plain arrays only (no pickle), matching shapes."""
+def read_training_rows(path: Path, n_features: int) -> TrainingRows:
+    """A model directory's training rows, checked: plain arrays only (no pickle), a finite float
+    matrix of the model's width, 0/1 integer labels, 1-D string ids and envs, positive weights."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            rows = TrainingRows(f["X"].astype(np.float64), f["y"].astype(int), f["groups"], f["envs"], f["weight"].astype(np.float64))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise ModelError(f"{path}: cannot read the training rows ({type(e).__name__}: {e}); critstep never loads pickles") from None
-    if rows.X.shape[1] != n_features or not set(np.unique(rows.y)) <= {0, 1}:
-        raise ModelError(f"{path}: training rows of {rows.X.shape[1]} features with labels {sorted(set(np.unique(rows.y)))}; "
-                         f"the model has {n_features} features and 0/1 labels")
-    return rows
+            X, y, groups, envs, weight = (f[k] for k in ("X", "y", "groups", "envs", "weight"))
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read the training rows ({e.strerror or e})") from None
+    except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ModelError(f"{path}: not plain training rows ({type(e).__name__}: {e}); critstep never loads pickles") from None
+    problems = []
+    if X.ndim != 2 or X.shape[1] != n_features or X.dtype.kind != "f" or not np.isfinite(X).all():
+        problems.append(f"X must be a finite float matrix of {n_features} columns (got {X.dtype} {X.shape})")
+    if y.ndim != 1 or y.dtype.kind not in "biu" or not set(np.unique(y).tolist()) <= {0, 1}:
+        problems.append(f"y must be 0/1 integers (got {y.dtype} {y.shape})")
+    for name, a in (("groups", groups), ("envs", envs)):
+        if a.ndim != 1 or a.dtype.kind != "U":
+            problems.append(f"{name} must be 1-D strings (got {a.dtype} {a.shape})")
+    if weight.ndim != 1 or weight.dtype.kind != "f" or not np.isfinite(weight).all() or (weight <= 0).any():
+        problems.append(f"weight must be positive finite floats (got {weight.dtype} {weight.shape})")
+    if not problems and len({len(X), len(y), len(groups), len(envs), len(weight)}) > 1:
+        problems.append(f"lengths disagree: X {len(X)}, y {len(y)}, groups {len(groups)}, envs {len(envs)}, weight {len(weight)}")
+    if problems:
+        raise ModelError(f"{path}: damaged training rows: {'; '.join(problems)}")
+    return TrainingRows(X.astype(np.float64), y.astype(int), groups, envs, weight.astype(np.float64))
 
 
 def _pm(stats: dict[str, float] | None) -> str:
@@ -280,9 +302,9 @@ def model_card(model: DistilledModel) -> str:
         lines.append("- chosen on out-of-fold predictions of the training data: " + ", ".join(f"{m} F1 {v:.3f}" for m, v in policy.fit_f1.items()))
     if policy.env_thresholds:
         lines.append("- own cuts of adapted envs: " + ", ".join(f"{e} {c:.2f}" for e, c in sorted(policy.env_thresholds.items())))
-    adapted = card.get("adapted_from")
-    if adapted:
-        lines += ["", "## Adaptation", *(f"- {k}: {v}" for k, v in adapted.items())]
+    for k, adaptation in enumerate(card.get("adaptations", []), 1):
+        lines += ["", f"## Adaptation {k} (`critstep distill --base`: refitted with new labels; the cross-validated figures below "
+                  "are the original model's)", *(f"- {key}: {value}" for key, value in adaptation.items())]
     data = card.get("training_data", {})
     if data:
         lines += ["", "## Training data", *(f"- {k}: {v}" for k, v in data.items())]
