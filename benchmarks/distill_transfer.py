@@ -68,7 +68,7 @@ def one_env(env: str, data, rows: dict, args: argparse.Namespace) -> dict:  # ty
         for d in range(args.draws):
             shots = sorted(np.random.default_rng(1000 + d).choice(own, k, replace=False).tolist())
             test = [i for i in own if i not in shots]
-            clf, merged = refit(base, base_rows, training(shots, ADAPT_WEIGHT))
+            clf, merged = refit(base, base_rows, training(shots, ADAPT_WEIGHT), args.ratio)
             clf.policy_.env_thresholds = {env: env_cuts(clf, merged, env, args.ratio)[0]}
             runs["base"].append(scored(base, test))
             runs["adapted"].append(scored(clf, test))
