@@ -19,7 +19,8 @@ Each adapted env gets its own cut (threshold mode): a new env's share of critica
 is tuned on the refit's out-of-fold probabilities of that env's trajectories (inner folds grouped by
 trajectory: no trajectory is scored by a model that saw its labels). The report estimates the
 adapted agreement the same way, each trajectory selected with a cut tuned on the others (the
-two-parameter Platt calibration is fitted on all the out-of-fold scores, its own included).
+two-parameter Platt calibration is fitted on all the out-of-fold scores, its own included; an env
+too small for a cut of its own uses the global cut, tuned on all of them too).
 """
 
 from __future__ import annotations
