@@ -42,7 +42,8 @@ def base(envs, tmp_path_factory) -> Path:
 
 
 def test_a_new_env_adds_its_rows_weighted_and_gets_its_own_cut(envs, base: Path, tmp_path: Path) -> None:
-    ts, labels = envs["tau-airline"]
+    all_tau, tau_labels = envs["tau-airline"]
+    ts, labels = all_tau[:10], {t.id: tau_labels[t.id] for t in all_tau[:10]}
     report = adapt_distilled(base, ts, labels, tmp_path / "a", cache=None)
     before, adapted = load_model(base), load_model(tmp_path / "a")
     rows, old = adapted.training_rows(), before.training_rows()
@@ -63,6 +64,20 @@ def test_a_new_env_adds_its_rows_weighted_and_gets_its_own_cut(envs, base: Path,
     assert not report["envs"]["qa-search"]["adapted"] and "in the refit" in report["envs"]["qa-search"]["why"]
     assert report["envs"]["tau-airline"]["trajectories"] == 0 and "tuned again" in report["envs"]["tau-airline"]["why"]
     assert set(again.policy.env_thresholds) == {"tau-airline"} and len(again.card["adaptations"]) == 2
+    # two more trajectories of the env adapted before: too few for a first cut, but its cut is tuned again, and said so
+    more = {t.id: tau_labels[t.id] for t in all_tau[10:]}
+    report = adapt_distilled(tmp_path / "b", all_tau[10:], more, None, cache=None)
+    assert report["envs"]["tau-airline"] | {"threshold": None} == {"trajectories": 2, "adapted": True, "threshold": None,
+                                                                   "why": "adapted before: its cut is tuned again with these labels"}
+    assert report["model"].policy.env_thresholds["tau-airline"] == report["envs"]["tau-airline"]["threshold"]
+
+
+def test_refitting_a_single_trajectory_is_one_line(envs, tmp_path: Path) -> None:
+    ts, labels = envs["alfworld"]
+    model = train_distilled(ts, labels, None, features=STRUCTURAL, folds=0, cache=None)["model"]
+    one = model.training_rows().without(set(labels) - {ts[0].id})
+    with pytest.raises(InputError, match="at least 2 trajectories"):
+        refit(model.classifier, one.without({ts[0].id}), one)
 
 
 def test_adapting_with_the_bases_own_trajectories_replaces_their_rows(envs, base: Path, tmp_path: Path) -> None:

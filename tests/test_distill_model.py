@@ -117,21 +117,32 @@ def shipped_rows() -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("bad", ["pickled", "narrow", "short_y", "y0d", "y_fraction", "x_inf", "weight_nan", "weight_negative",
-                                 "groups_int", "groups_2d"])
+                                 "groups_int", "groups_2d", "no_rows", "corrupted", "npy"])
 def test_damaged_training_rows_fail_in_one_line_and_only_where_they_are_needed(tmp_path: Path, shipped_rows, bad: str) -> None:
     a = shipped_rows
     n = len(a["y"])
     damage = {"pickled": {"groups": np.array([{"x": 1}] * n, dtype=object)}, "narrow": {"X": a["X"][:, :5]}, "short_y": {"y": a["y"][:-1]},
               "y0d": {"y": np.array(1)}, "y_fraction": {"y": np.full(n, 0.7)}, "x_inf": {"X": np.full_like(a["X"], np.inf)},
               "weight_nan": {"weight": np.full(n, np.nan)}, "weight_negative": {"weight": -np.ones(n, dtype=np.float32)},
-              "groups_int": {"groups": np.arange(n)}, "groups_2d": {"groups": a["groups"][:, None]}}[bad]
+              "groups_int": {"groups": np.arange(n)}, "groups_2d": {"groups": a["groups"][:, None]},
+              "no_rows": {k: v[:0] for k, v in a.items()}}.get(bad, {})
     d = tmp_path / "model"
     shutil.copytree(default_model_dir(), d)
-    np.savez(d / "training.npz", **(a | damage))
+    path = d / "training.npz"
+    np.savez(path, **(a | damage))
+    if bad == "corrupted":  # a compressed archive with flipped bytes inside a member: zlib's error, not a traceback
+        data = bytearray((default_model_dir() / "training.npz").read_bytes())
+        data[2000:2064] = bytes(b ^ 0xFF for b in data[2000:2064])
+        path.write_bytes(bytes(data))
+    if bad == "npy":  # one array saved under the archive's name
+        with path.open("wb") as f:
+            np.save(f, a["X"])
     model = load_model(d)  # selecting needs no training rows: the model loads and scores
     assert len(model.proba(a["X"][:3].astype(np.float64))) == 3
-    with pytest.raises(ModelError, match="never loads pickles" if bad == "pickled" else "damaged training rows"):
+    expected = {"pickled": "never loads pickles", "corrupted": "not plain training rows", "npy": "not an archive"}.get(bad, "damaged training rows")
+    with pytest.raises(ModelError, match=expected) as e:
         model.training_rows()
+    assert ("pickle" in str(e.value)) == (bad == "pickled")
 
 
 def test_a_model_copied_without_its_training_rows_still_selects_and_base_says_why(tmp_path: Path) -> None:

@@ -61,6 +61,8 @@ def refit(
         clf = StepClassifier(**(classifier.get_params() | {"ratio": ratio})).fit(rows.X, rows.y, groups=rows.groups, sample_weight=rows.weight)
     except ValueError as e:  # e.g. every step critical: one class
         raise InputError(f"refitting the base model with these labels failed: {e}") from None
+    if not hasattr(clf, "oof_proba_"):
+        raise InputError(f"refitting needs at least 2 trajectories in all (the base and these labels hold {len(set(rows.groups.tolist()))})")
     return clf, rows
 
 
@@ -115,6 +117,8 @@ def adapt_distilled(
         if len(ts) >= MIN_TRAJECTORIES and 0 < positives < sum(t.n_steps for t in ts):
             own_cut.add(env)
             report["envs"][env] = {"trajectories": len(ts), "adapted": True}
+        elif env in own_cut:
+            report["envs"][env] = {"trajectories": len(ts), "adapted": True, "why": "adapted before: its cut is tuned again with these labels"}
         else:
             report["envs"][env] = {"trajectories": len(ts), "adapted": False,
                                    "why": f"in the refit, but no cut of its own: that needs >= {MIN_TRAJECTORIES} labeled trajectories "
@@ -145,14 +149,14 @@ def adapt_distilled(
     card = dict(base.card)
     card["training_ids"] = sorted(set(rows.groups.tolist()))
     card["adaptations"] = [*base.card.get("adaptations", []), {
-        "base": Path(base_dir).name,
-        "labels": dict(sorted(Counter(t.env for t in data.trajectories).items())),
+        "base": Path(base_dir).resolve().name,
+        "labels": ", ".join(f"{env} {n}" for env, n in sorted(Counter(t.env for t in data.trajectories).items())),
         "refit": f"{len(rows.y)} rows: {len(base_rows.y) - replaced} kept from the base, {len(data.y)} new weighted {ADAPT_WEIGHT:g}x"
                  + (f" (replacing the base's {replaced} rows of the same trajectories)" if replaced else ""),
         "envs with their own cut": ", ".join(f"{e} ({c:.2f})" for e, c in sorted(clf.policy_.env_thresholds.items())) or "none",
         "F1 on the adaptation labels, base model": round(report["before"]["f1"], 4),
         "F1 on the adaptation labels, adapted (out of fold)": round(report["after_out_of_fold"]["f1"], 4),
-        "versions": versions(),
+        "versions": ", ".join(f"{k} {v}" for k, v in versions().items()),
     }]
     model = DistilledModel(clf, base.features, base.feature_names, card, rows)
     report["model"] = model

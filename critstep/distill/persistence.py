@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import platform
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,12 +250,16 @@ def read_training_rows(path: Path, n_features: int) -> TrainingRows:
     """A model directory's training rows, checked: plain arrays only (no pickle), a finite float
     matrix of the model's width, 0/1 integer labels, 1-D string ids and envs, positive weights."""
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(f"a single {type(loaded).__name__}, not an archive of named arrays")
+        with loaded as f:
             X, y, groups, envs, weight = (f[k] for k in ("X", "y", "groups", "envs", "weight"))
     except OSError as e:
         raise ModelError(f"{path}: cannot read the training rows ({e.strerror or e})") from None
-    except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise ModelError(f"{path}: not plain training rows ({type(e).__name__}: {e}); critstep never loads pickles") from None
+    except (ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile, zlib.error) as e:
+        pickled = "allow_pickle" in str(e)
+        raise ModelError(f"{path}: not plain training rows ({type(e).__name__}: {e})" + ("; critstep never loads pickles" if pickled else "")) from None
     problems = []
     if X.ndim != 2 or X.shape[1] != n_features or X.dtype.kind != "f" or not np.isfinite(X).all():
         problems.append(f"X must be a finite float matrix of {n_features} columns (got {X.dtype} {X.shape})")
@@ -265,6 +270,8 @@ def read_training_rows(path: Path, n_features: int) -> TrainingRows:
             problems.append(f"{name} must be 1-D strings (got {a.dtype} {a.shape})")
     if weight.ndim != 1 or weight.dtype.kind != "f" or not np.isfinite(weight).all() or (weight <= 0).any():
         problems.append(f"weight must be positive finite floats (got {weight.dtype} {weight.shape})")
+    if not problems and len(y) == 0:
+        problems.append("no rows")
     if not problems and len({len(X), len(y), len(groups), len(envs), len(weight)}) > 1:
         problems.append(f"lengths disagree: X {len(X)}, y {len(y)}, groups {len(groups)}, envs {len(envs)}, weight {len(weight)}")
     if problems:
@@ -303,8 +310,8 @@ def model_card(model: DistilledModel) -> str:
     if policy.env_thresholds:
         lines.append("- own cuts of adapted envs: " + ", ".join(f"{e} {c:.2f}" for e, c in sorted(policy.env_thresholds.items())))
     for k, adaptation in enumerate(card.get("adaptations", []), 1):
-        lines += ["", f"## Adaptation {k} (`critstep distill --base`: refitted with new labels; the cross-validated figures below "
-                  "are the original model's)", *(f"- {key}: {value}" for key, value in adaptation.items())]
+        lines += ["", f"## Adaptation {k} (`critstep distill --base`: refitted with new labels; the training data and "
+                  "cross-validated figures below are the original model's)", *(f"- {key}: {value}" for key, value in adaptation.items())]
     data = card.get("training_data", {})
     if data:
         lines += ["", "## Training data", *(f"- {k}: {v}" for k, v in data.items())]
