@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from critstep.distill.features.token import Rendered, render, windows
+from critstep.distill.features.token import Rendered, WindowedLM, windows
 from critstep.trajectory import Trajectory
 
 READOUTS = ("mid_step", "mid_outcome", "last_step", "last_outcome")
@@ -34,24 +34,14 @@ def outcome_spans(rendered: Rendered) -> list[tuple[int, int]]:
     return [(a, end) for (a, _), end in zip(rendered.spans, rendered.outcome_ends, strict=True)]
 
 
-class HiddenStateReader:
+class HiddenStateReader(WindowedLM):
     """Reads `READOUTS` for every step of a trajectory; `read(trajectories)` gives one
-    (n_steps, len(READOUTS), hidden) float16 array each. `tokens_processed` counts the tokens
-    fed to the model."""
+    (n_steps, len(READOUTS), hidden) float16 array each."""
 
     def __init__(self, model: Any, tokenizer: Any, window_tokens: int, message_tokens: int, step_tokens: int):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.window_tokens = window_tokens
-        self.message_tokens = message_tokens
-        self.step_tokens = step_tokens
+        super().__init__(model, tokenizer, window_tokens, message_tokens, step_tokens)
         n_layers = int(model.config.num_hidden_layers)
         self.layers = (n_layers // 2, n_layers)  # indices into output.hidden_states (0 = embeddings)
-        self.tokens_processed = 0
-
-    @property
-    def device(self) -> Any:
-        return next(self.model.parameters()).device
 
     def read(self, trajectories: Sequence[Trajectory]) -> list[np.ndarray]:
         return [self.read_one(t) for t in trajectories]
@@ -59,7 +49,7 @@ class HiddenStateReader:
     def read_one(self, trajectory: Trajectory) -> np.ndarray:
         import torch
 
-        r = render(trajectory, self.tokenizer, self.message_tokens, self.step_tokens)
+        r = self.render(trajectory)
         spans = outcome_spans(r)
         hidden = int(self.model.config.hidden_size)
         out = np.zeros((len(spans), len(READOUTS), hidden), dtype=np.float16)

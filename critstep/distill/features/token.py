@@ -100,12 +100,40 @@ def _stats(logits: Any, targets: Any) -> tuple[Any, Any]:
     return nll, entropy
 
 
-class TokenScorer:
+class WindowedLM:
+    """A causal LM that reads rendered trajectories in windows: the model, its tokenizer, the
+    window and per-message budgets, and `tokens_processed`, the tokens fed to the model so far.
+    The token and hidden-state groups read the same way and differ in what they take out."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        window_tokens: int = DEFAULT_WINDOW_TOKENS,
+        message_tokens: int = DEFAULT_MESSAGE_TOKENS,
+        step_tokens: int = DEFAULT_STEP_TOKENS,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.window_tokens = window_tokens
+        self.message_tokens = message_tokens
+        self.step_tokens = step_tokens
+        self.tokens_processed = 0
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    def render(self, trajectory: Trajectory) -> Rendered:
+        return render(trajectory, self.tokenizer, self.message_tokens, self.step_tokens)
+
+
+class TokenScorer(WindowedLM):
     """Scores steps with a causal LM; `score(trajectories)` gives one (n_steps, len(NAMES)) array each.
 
-    `tokens_processed` counts the tokens fed to the model (padding included), and with
-    `record_inputs` a list, every forward's inputs are appended to it, so a benchmark can replay
-    them as bare forwards and compare this pass with the model's raw throughput on the same shapes.
+    `tokens_processed` counts padding too, and with `record_inputs` a list, every forward's inputs
+    are appended to it, so a benchmark can replay them as bare forwards and compare this pass with
+    the model's raw throughput on the same shapes.
     """
 
     def __init__(
@@ -117,18 +145,9 @@ class TokenScorer:
         step_tokens: int = DEFAULT_STEP_TOKENS,
         nocontext_batch_tokens: int = 2048,
     ):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.window_tokens = window_tokens
-        self.message_tokens = message_tokens
-        self.step_tokens = step_tokens
+        super().__init__(model, tokenizer, window_tokens, message_tokens, step_tokens)
         self.nocontext_batch_tokens = nocontext_batch_tokens
-        self.tokens_processed = 0
         self.record_inputs: list[dict[str, Any]] | None = None
-
-    @property
-    def device(self) -> Any:
-        return next(self.model.parameters()).device
 
     def score(self, trajectories: Sequence[Trajectory]) -> list[np.ndarray]:
         return [self.score_one(t) for t in trajectories]
@@ -136,7 +155,7 @@ class TokenScorer:
     def score_one(self, trajectory: Trajectory) -> np.ndarray:
         import torch
 
-        r = render(trajectory, self.tokenizer, self.message_tokens, self.step_tokens)
+        r = self.render(trajectory)
         n = len(r.spans)
         rows = np.zeros((n, len(NAMES)), dtype=np.float32)
         if n == 0:
