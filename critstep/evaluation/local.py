@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from critstep.errors import ConfigError, InputError, ModelError
+from critstep.errors import ConfigError, ModelError
 from critstep.evaluation.agent import StepOutput, Timing
 from critstep.evaluation.decode import cache_argument, greedy_decode, prefix_batch
 from critstep.evaluation.windows import EvalWindow, eval_windows
 from critstep.trajectory import Trajectory
+from critstep.tuner.merge import apply_adapter
+from critstep.tuner.modeling import auto_dtype
 from critstep.tuner.render import RenderedTrajectory, load_chat_template, render_trajectory, template_source
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -46,9 +48,7 @@ def resolve_dtype(name: str, device: str) -> Any:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
     if name != "auto":
         return getattr(torch, name)
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return auto_dtype(device)
 
 
 class LocalModel:
@@ -110,7 +110,7 @@ class LocalModel:
             model.to(device)
         tokenizer_ref: str = ref
         if adapter is not None:
-            model = _apply_adapter(model, Path(adapter), merge=not load_4bit)
+            model = apply_adapter(model, Path(adapter), merge=not load_4bit)
             if (Path(adapter) / "tokenizer_config.json").exists():  # critstep tune saves the template it trained with
                 tokenizer_ref = str(adapter)
         model.eval()
@@ -292,15 +292,3 @@ def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
     if not ids:
         raise ModelError("the tokenizer defines no end-of-sequence token: generation could not stop")
     return ids
-
-
-def _apply_adapter(model: Any, adapter: Path, merge: bool) -> Any:
-    from peft import PeftModel
-
-    if not (adapter / "adapter_config.json").exists():
-        raise InputError("not a PEFT adapter directory (no adapter_config.json); a merged model is passed as --model", adapter)
-    try:
-        model = PeftModel.from_pretrained(model, str(adapter))
-    except (OSError, ValueError, RuntimeError) as e:
-        raise ModelError(f"cannot apply adapter {adapter} to the base model: {e}") from None
-    return model.merge_and_unload() if merge else model

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -30,9 +31,21 @@ def base_model_ref(adapter_dir: Path) -> str:
         raise InputError("not a PEFT adapter directory (no usable adapter_config.json)", adapter_dir) from None
 
 
+def apply_adapter(model: Any, adapter: Path, merge: bool) -> Any:
+    """`model` with the PEFT adapter at `adapter` on top, folded into its weights if `merge`."""
+    from peft import PeftModel
+
+    if not (adapter / "adapter_config.json").exists():
+        raise InputError("not a PEFT adapter directory (no adapter_config.json); a merged model is passed as --model", adapter)
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelError(f"cannot apply adapter {adapter} to the base model: {e}") from None
+    return model.merge_and_unload() if merge else model
+
+
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str | None = None) -> Path:
     """Write base + adapter merged into `out_dir` (safetensors, config, tokenizer); returns it."""
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     adapter = Path(adapter_dir)
@@ -45,7 +58,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str 
         base = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
     except OSError as e:
         raise ModelError(f"cannot load base model {ref!r} from {path}: {e}") from None
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged = apply_adapter(base, adapter, merge=True)
     tokenizer = AutoTokenizer.from_pretrained(str(adapter))
     out = Path(out_dir)
     with atomic_dir(out, "model") as tmp:

@@ -40,8 +40,15 @@ def compute_dtype(config: TuneConfig, device_type: str | None = None) -> Any:
 
     if config.compute_dtype != "auto":
         return getattr(torch, config.compute_dtype)
-    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device_type == "cuda":
+    return auto_dtype(device_type or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def auto_dtype(device_type: str) -> Any:
+    """What "auto" means on a device: bf16 on a GPU that has it (else fp16), fp32 on CPU (see above).
+    The tuner and `critstep eval` share it, so a model is evaluated in the dtype it was tuned in."""
+    import torch
+
+    if device_type.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if _CPU_BF16_FASTER else torch.float32
 
