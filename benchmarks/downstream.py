@@ -31,7 +31,6 @@ runs/downstream); a rerun skips every stage whose output is there, so an interru
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -122,9 +121,6 @@ def main() -> None:
 
 # --- data -------------------------------------------------------------------------------------
 
-def stable_fraction(key: str, seed: int) -> float:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") / 2**64
-
 
 def make_split(args: argparse.Namespace) -> dict[str, Any]:
     """Train: a share of the seed-labeled trajectories of each env. Evaluation: the rest of them
@@ -132,6 +128,7 @@ def make_split(args: argparse.Namespace) -> dict[str, Any]:
     the seed set). Never heldout.jsonl."""
     from critstep.formats import read_trajectories, write_trajectories
     from critstep.labels import read_labels, write_labels
+    from critstep.tuner.data import stable_fraction
 
     corpus = [t for t in read_trajectories(args.data / "corpus.jsonl") if t.env in ENVS]
     by_id = {t.id: t for t in corpus}
@@ -251,6 +248,7 @@ def _distilled(train: list[Any], split: dict[str, Any], args: argparse.Namespace
         from critstep.distill.features import FeatureConfig, FeatureExtractor
         from critstep.distill.metrics import evaluate_selections
         from critstep.distill.train import selections_from_proba
+        from critstep.tuner.data import stable_fraction
 
         started = time.perf_counter()
         labels = {t.id: split["first"][t.id] for t in train}

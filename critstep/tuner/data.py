@@ -74,9 +74,13 @@ def load_selection(source: str | Path | Sequence[Trajectory]) -> list[Trajectory
     return trajectories
 
 
+def stable_fraction(key: str, seed: int) -> float:
+    """A number in [0, 1) fixed by `key` and `seed`: splits that do not move when data is added."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") / 2**64
+
+
 def is_eval(trajectory_id: str, fraction: float, seed: int) -> bool:
-    digest = hashlib.sha256(f"{seed}:{trajectory_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return stable_fraction(trajectory_id, seed) < fraction
 
 
 def split(trajectories: Sequence[Trajectory], fraction: float, seed: int, eval_max: int) -> tuple[list[Trajectory], list[Trajectory]]:
