@@ -28,14 +28,21 @@ def long_trajectory(turns: int = 14) -> Trajectory:
     return Trajectory("long", messages, {"env": "sciworld"})
 
 
+def outputs_of(lm: LocalModel, trajectory: Trajectory, steps: list[int] | None = None) -> list:
+    """The step outputs of one trajectory."""
+    ((_, outputs),) = lm.evaluate_trajectories([(trajectory, steps)])
+    return outputs
+
+
 def test_batched_cached_decoding_equals_generate(tiny):
     import torch
 
     lm = LocalModel.load(str(tiny), device="cpu", max_len=160, max_new_tokens=6, batch_size=3)
-    rendered = lm.render(long_trajectory(8))
+    trajectory = long_trajectory(8)
+    rendered = lm.render(trajectory)
     windows = eval_windows(rendered, lm.max_len)
     assert len(windows) > 1  # the prompts come from several windows, rows of different lengths
-    outputs = {o.step: o for o in lm.evaluate(rendered)}
+    outputs = {o.step: o for o in outputs_of(lm, trajectory)}
     assert sorted(outputs) == list(range(len(rendered.spans)))
     for window in windows:
         ids = [rendered.input_ids[p] for p in window.positions]
@@ -59,7 +66,7 @@ def test_steps_of_many_trajectories_decode_together_as_alone(tiny):
     assert [t.id for t, _ in results] == [t.id for t, _ in items]  # input order
     for (t, steps), (_, outputs) in zip(items, results, strict=True):
         assert [o.step for o in outputs] == (steps or list(range(t.n_steps)))
-        expected = alone.evaluate(alone.render(t), steps)
+        expected = outputs_of(alone, t, steps)
         assert [(o.generated, o.n_tokens) for o in outputs] == [(o.generated, o.n_tokens) for o in expected]
         assert [o.nll_sum for o in outputs] == pytest.approx([o.nll_sum for o in expected], rel=1e-5)
 
@@ -73,7 +80,7 @@ def test_gold_turn_nll_is_the_tuners_eval_loss(tiny):
     for t in toy_trajectories(3):
         selected = [0, 2]
         windows += make_windows(render_trajectory(t, selected, lm.tokenizer), 512)
-        out = {o.step: o for o in lm.evaluate(lm.render(t))}
+        out = {o.step: o for o in outputs_of(lm, t)}
         total += sum(out[k].nll_sum for k in selected)
         tokens += sum(out[k].n_tokens for k in selected)
     assert total / tokens == pytest.approx(evaluate_loss(lm.model, windows, 512, "cpu"), rel=1e-5)
@@ -137,7 +144,7 @@ def test_adapter_is_applied(tiny, tmp_path):
 
     plain = LocalModel.load(str(tiny), device="cpu", max_new_tokens=1)
     tuned = LocalModel.load(str(tiny), adapter=tmp_path / "adapter", device="cpu", max_new_tokens=1)
-    nll = lambda lm: sum(o.nll_sum for o in lm.evaluate(lm.render(trajectory)))  # noqa: E731
+    nll = lambda lm: sum(o.nll_sum for o in outputs_of(lm, trajectory))  # noqa: E731
     assert nll(tuned) != pytest.approx(nll(plain), rel=1e-3)
     unmerged_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), tmp_path / "adapter").eval()
     unmerged = LocalModel(unmerged_model, tuned.tokenizer, max_new_tokens=1)

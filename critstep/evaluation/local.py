@@ -151,14 +151,6 @@ class LocalModel:
             trajectory, _, outputs = done[key]
             yield trajectory, sorted(outputs, key=lambda o: o.step)
 
-    def evaluate(self, rendered: RenderedTrajectory, steps: Sequence[int] | None = None) -> list[StepOutput]:
-        """Score and generate `steps` (default: every step) of one rendered trajectory."""
-        rows = [row for window in eval_windows(rendered, self.max_len, steps) for row in self._forward(0, rendered, window)]
-        done: dict[int, tuple[Any, int, list[StepOutput]]] = {0: (rendered, len(rows), [])}
-        for lo in range(0, len(rows), self.batch_size):
-            self._decode(rows[lo : lo + self.batch_size], done)
-        return sorted(done[0][2], key=lambda o: o.step)
-
     def _forward(self, key: int, rendered: RenderedTrajectory, window: EvalWindow) -> list[_Row]:
         """One pass over `window`: every gold turn's NLL, each step's first generated token, and the
         KV cache its prompt (a prefix of the window) is decoded from."""
