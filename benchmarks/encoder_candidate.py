@@ -65,7 +65,7 @@ from critstep.distill.estimator import StepClassifier, group_slices
 from critstep.distill.policy import fit_policy
 from critstep.distill.train import cross_validate, cv_splits
 from critstep.formats import read_trajectories
-from critstep.io import write_json
+from critstep.io import claim_output_dir, write_json
 from critstep.labels import read_labels
 from critstep.models import sentence_model_path
 from critstep.trajectory import Trajectory
@@ -352,9 +352,8 @@ def main() -> None:
     splits = cv_splits([t.env for t in trajectories], protocol["folds"], protocol["repeats"], protocol["seed"])
     fold_of_trajectory = {trajectories[i].id: k for k, (_, _, test) in enumerate(splits) for i in test}
     fold_of = np.array([fold_of_trajectory[tid] for tid, _ in gbm.index])
-    args.work.mkdir(parents=True, exist_ok=True)
-    if not args.score_only:
-        train_all(args, trajectories, gbm.y, fold_of, args.work)
+    if not args.score_only:  # a --work folder that is not empty and not this script's own is refused
+        train_all(args, trajectories, gbm.y, fold_of, claim_output_dir(args.work, "encoder-candidate"))
     saved = np.load(args.work / "logits.npz")
     assert np.array_equal(saved["fold_of"], fold_of), "the saved logits come from other folds"
     meta = json.loads((args.work / "meta.json").read_text())
