@@ -136,18 +136,8 @@ class TokenScorer(WindowedLM):
     the model's raw throughput on the same shapes.
     """
 
-    def __init__(
-        self,
-        model: Any,
-        tokenizer: Any,
-        window_tokens: int = DEFAULT_WINDOW_TOKENS,
-        message_tokens: int = DEFAULT_MESSAGE_TOKENS,
-        step_tokens: int = DEFAULT_STEP_TOKENS,
-        nocontext_batch_tokens: int = 2048,
-    ):
-        super().__init__(model, tokenizer, window_tokens, message_tokens, step_tokens)
-        self.nocontext_batch_tokens = nocontext_batch_tokens
-        self.record_inputs: list[dict[str, Any]] | None = None
+    nocontext_batch_tokens = 2048  # padded tokens per batch of the context-free pass
+    record_inputs: list[dict[str, Any]] | None = None  # set to a list to record every forward's inputs
 
     def score(self, trajectories: Sequence[Trajectory]) -> list[np.ndarray]:
         return [self.score_one(t) for t in trajectories]
