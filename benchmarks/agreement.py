@@ -22,7 +22,9 @@ the mean over envs with at least 10 trajectories (alfworld, qa-search, sciworld,
 
 Candidates (see `CANDIDATES`): the previous release's recipe (HGB on semantic + structural
 features), the shipped recipe ("gbm": + progress features, without the env-specific hashed
-action names), the same with the hashed names, structural + progress only, a LambdaRank model within trajectories, stacked sequential
+action names; the teacher's four categories learned as classes), the same learning critical
+against the rest ("gbm-binary", shipped until the categories won on dev; the other HGB variants
+below are binary too, as they were measured), the same with the hashed names, structural + progress only, a LambdaRank model within trajectories, stacked sequential
 learning (a second HGB on the neighbours' out-of-fold probabilities), a 2-layer transformer and
 a dilated-convolution network over the step vectors of a trajectory (torch, CPU), the mean of
 the HGB, LambdaRank and stacked models' standardized scores ("ensemble"), and the HGB
@@ -51,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from critstep.distill.dataset import StepDataset, labeled_trajectories, targets
+from critstep.distill.dataset import StepDataset, dataset_of, labeled_trajectories
 from critstep.distill.estimator import StepClassifier, group_slices, make_base
 from critstep.distill.features import FeatureConfig, FeatureExtractor
 from critstep.distill.policy import fit_policy
@@ -74,7 +76,8 @@ class OutOfFoldCalibrated:
 
     inner = 3
 
-    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> OutOfFoldCalibrated:
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, categories: np.ndarray | None = None) -> OutOfFoldCalibrated:
+        """`categories` is not used: these candidates learn critical against the rest."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import GroupKFold
 
@@ -257,21 +260,22 @@ def _SeqNet(d: int, h: int, kind: str) -> Any:  # noqa: N802 (a factory: torch i
     return Net()
 
 
-def _hgb() -> Callable[[], Any]:
-    return lambda: StepClassifier(ratio=0.3, random_state=0)
+def _hgb(targets: str = "categories") -> Callable[[], Callable[[], Any]]:
+    return lambda: (lambda: StepClassifier(ratio=0.3, random_state=0, targets=targets))
 
 
 # name -> (feature groups, keep the hashed action names, factory of the per-fold model factory)
 CANDIDATES: dict[str, tuple[tuple[str, ...], bool, Callable[[], Callable[[], Any]]]] = {
-    "gbm": (("semantic", "structural", "progress"), False, _hgb),  # the shipped recipe (FeatureConfig's defaults)
-    "gbm-v1": (("semantic", "structural"), True, _hgb),  # the previous release's
-    "gbm-hash": (("semantic", "structural", "progress"), True, _hgb),
-    "gbm-structural-progress": (("structural", "progress"), True, _hgb),
+    "gbm": (("semantic", "structural", "progress"), False, _hgb()),  # the shipped recipe (FeatureConfig's defaults)
+    "gbm-binary": (("semantic", "structural", "progress"), False, _hgb("binary")),  # the same, critical against the rest
+    "gbm-v1": (("semantic", "structural"), True, _hgb("binary")),  # the previous release's
+    "gbm-hash": (("semantic", "structural", "progress"), True, _hgb("binary")),
+    "gbm-structural-progress": (("structural", "progress"), True, _hgb("binary")),
     "ranker": (("semantic", "structural", "progress"), True, lambda: Ranker),
     "stacked": (("semantic", "structural", "progress"), True, lambda: Stacked),
     "transformer": (("semantic", "structural", "progress"), True, lambda: (lambda: Sequence("transformer"))),
     "conv": (("semantic", "structural", "progress"), True, lambda: (lambda: Sequence("conv"))),
-    "gbm+hidden": (("semantic", "hidden", "structural", "progress"), False, _hgb),
+    "gbm+hidden": (("semantic", "hidden", "structural", "progress"), False, _hgb("binary")),
     "ensemble": (("semantic", "structural", "progress"), True, lambda: Ensemble),
 }
 # The sequence models read each step's own vector: the neighbour/rank context columns are left out.
@@ -282,7 +286,7 @@ def dataset(name: str, trajectories: list, labels: dict) -> StepDataset:
     groups, hashes, _ = CANDIDATES[name]
     extractor = FeatureExtractor(FeatureConfig(groups=groups, context=name not in NO_CONTEXT, action_hashes=hashes), progress=True)
     X, index = extractor.transform(trajectories)
-    return StepDataset(X, targets(index, labels), np.array([tid for tid, _ in index]), index, trajectories)
+    return dataset_of(X, index, labels, trajectories)
 
 
 def teacher_consistency(first: dict, second: dict, by_id: dict, seed: int = 0) -> dict[str, Any]:

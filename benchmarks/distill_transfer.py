@@ -50,7 +50,7 @@ def one_env(env: str, data, rows: dict, args: argparse.Namespace) -> dict:  # ty
 
     def training(ids: list[str], weight: float) -> TrainingRows:
         r = np.concatenate([rows[i] for i in ids])
-        return TrainingRows(data.X[r], data.y[r], data.groups[r], envs[r], np.full(len(r), weight))
+        return TrainingRows(data.X[r], data.y[r], data.groups[r], envs[r], np.full(len(r), weight), data.categories[r])
 
     def scored(clf: StepClassifier, ids: list[str]) -> float:
         """Micro F1 on `ids` in the model's default mode (an env with its own cut: threshold mode at that cut)."""
@@ -60,7 +60,7 @@ def one_env(env: str, data, rows: dict, args: argparse.Namespace) -> dict:  # ty
     others = [t.id for t in data.trajectories if t.env != env]
     own = [t.id for t in data.trajectories if t.env == env]
     base_rows = training(others, 1.0)
-    base = StepClassifier(ratio=args.ratio).fit(base_rows.X, base_rows.y, groups=base_rows.groups)
+    base = StepClassifier(ratio=args.ratio).fit(base_rows.X, base_rows.y, groups=base_rows.groups, categories=base_rows.categories)
     entry: dict = {"trajectories": len(own), "labels_0": {"f1": scored(base, own), "mode": base.policy_.mode}}
     print(f"{env:<12} 0 labels: F1 {entry['labels_0']['f1']:.3f} ({base.policy_.mode} mode)", flush=True)
     for k in SHOTS:

@@ -279,7 +279,8 @@ class Precomputed:
     def __init__(self, kind: str, outer: np.ndarray, single: np.ndarray, fold_of: np.ndarray, chosen: list):
         self.kind, self.outer, self.single, self.fold_of, self.chosen = kind, outer, single, fold_of, chosen
 
-    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> Precomputed:
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, categories: np.ndarray | None = None) -> Precomputed:
+        """`categories` is not used: the encoder and its stacked gbm learn critical against the rest."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import GroupKFold
 
@@ -364,7 +365,7 @@ def main() -> None:
     for name in [c.strip() for c in args.candidates.split(",") if c.strip()]:
         kind = CANDIDATES[name]
         X = rownum if kind == "encoder" else np.hstack([gbm.X, rownum])
-        data = StepDataset(X, gbm.y, gbm.groups, gbm.index, gbm.trajectories)
+        data = StepDataset(X, gbm.y, gbm.groups, gbm.index, gbm.trajectories, gbm.categories)
         chosen: list = []
         start = time.perf_counter()
         cv = cross_validate(data, labels, protocol["folds"], repeats=protocol["repeats"], seed=protocol["seed"],

@@ -16,6 +16,7 @@ from critstep.distill.train import train_distilled
 from critstep.errors import InputError, ModelError
 from critstep.formats import read_trajectories
 from critstep.labels import read_labels
+from critstep.selection import CATEGORIES
 
 STRUCTURAL = FeatureConfig(groups=("structural", "progress"))
 
@@ -51,6 +52,10 @@ def test_a_new_env_adds_its_rows_weighted_and_gets_its_own_cut(envs, base: Path,
     assert len(rows.y) == len(old.y) + sum(t.n_steps for t in ts)  # added: no base row has these ids
     assert np.all(rows.weight[new] == ADAPT_WEIGHT) and np.all(rows.weight[~new] == 1.0)
     assert np.array_equal(rows.X[~new], old.X) and set(rows.groups[new]) == set(labels)
+    # the new rows carry the teacher's categories, and the refit learns them as classes
+    assert np.array_equal(rows.categories[~new], old.categories) and sorted(rows.categories[new & (rows.y == 1)]) == sorted(
+        1 + CATEGORIES.index(c.category) for t in ts for c in labels[t.id].critical)
+    assert adapted.classifier.estimator_.classes_.tolist() == sorted(set(rows.categories.tolist()))
     assert report["envs"]["tau-airline"]["adapted"] and set(adapted.policy.env_thresholds) == {"tau-airline"}
     (step,) = adapted.card["adaptations"]
     assert step["refit"].startswith(f"{len(rows.y)} rows: {len(old.y)} kept from the base, {int(new.sum())} new") and "replacing" not in step["refit"]
@@ -93,7 +98,7 @@ def test_leave_one_out_cuts_never_see_their_own_trajectory() -> None:
     """Three trajectories whose best cuts differ: each one's cut is the best of the other two's."""
     groups = np.repeat(["a", "b", "c"], 10)
     y = np.tile((np.arange(10) < 2).astype(int), 3)
-    rows = TrainingRows(np.zeros((30, 1)), y, groups, np.full(30, "e"), np.ones(30))
+    rows = TrainingRows(np.zeros((30, 1)), y, groups, np.full(30, "e"), np.ones(30), 3 * y)
     clf = StepClassifier()
     p = np.tile(np.linspace(0.9, 0.0, 10), 3)
     p[20:] = np.linspace(0.3, 0.0, 10)  # "c" would want a low cut
@@ -111,10 +116,10 @@ def test_a_base_without_inner_folds_or_with_one_class_fails_in_one_line(envs, ba
     no_folds = StepClassifier(calibration_folds=0)
     ts, labels = envs["tau-airline"]
     new = TrainingRows(np.zeros((3, model.training_rows().X.shape[1])), np.array([1, 1, 1]), np.array(["x"] * 3), np.array(["e"] * 3),
-                       np.ones(3))
+                       np.ones(3), np.array([3, 3, 3]))
     with pytest.raises(ModelError, match="without inner folds"):
         refit(no_folds, model.training_rows(), new)
     all_critical = TrainingRows(model.training_rows().X, np.ones_like(model.training_rows().y), model.training_rows().groups,
-                                model.training_rows().envs, model.training_rows().weight)
+                                model.training_rows().envs, model.training_rows().weight, np.full(len(model.training_rows().y), 3))
     with pytest.raises(InputError, match="refitting the base model with these labels failed"):
         refit(model.classifier, all_critical, new)

@@ -117,7 +117,7 @@ def shipped_rows() -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("bad", ["pickled", "narrow", "short_y", "y0d", "y_fraction", "x_inf", "weight_nan", "weight_negative",
-                                 "groups_int", "groups_2d", "no_rows", "corrupted", "npy"])
+                                 "groups_int", "groups_2d", "no_rows", "corrupted", "npy", "categories_disagree", "categories_float"])
 def test_damaged_training_rows_fail_in_one_line_and_only_where_they_are_needed(tmp_path: Path, shipped_rows, bad: str) -> None:
     a = shipped_rows
     n = len(a["y"])
@@ -125,7 +125,8 @@ def test_damaged_training_rows_fail_in_one_line_and_only_where_they_are_needed(t
               "y0d": {"y": np.array(1)}, "y_fraction": {"y": np.full(n, 0.7)}, "x_inf": {"X": np.full_like(a["X"], np.inf)},
               "weight_nan": {"weight": np.full(n, np.nan)}, "weight_negative": {"weight": -np.ones(n, dtype=np.float32)},
               "groups_int": {"groups": np.arange(n)}, "groups_2d": {"groups": a["groups"][:, None]},
-              "no_rows": {k: v[:0] for k, v in a.items()}}.get(bad, {})
+              "no_rows": {k: v[:0] for k, v in a.items()}, "categories_disagree": {"categories": np.where(a["y"] == 1, 0, 3)},
+              "categories_float": {"categories": a["y"] * 3.0}}.get(bad, {})
     d = tmp_path / "model"
     shutil.copytree(default_model_dir(), d)
     path = d / "training.npz"
@@ -143,6 +144,15 @@ def test_damaged_training_rows_fail_in_one_line_and_only_where_they_are_needed(t
     with pytest.raises(ModelError, match=expected) as e:
         model.training_rows()
     assert ("pickle" in str(e.value)) == (bad == "pickled")
+
+
+def test_training_rows_without_categories_read_as_critical_actions(tmp_path: Path, shipped_rows) -> None:
+    """Format 3 saved no categories: its critical steps are read as critical actions (code 3)."""
+    d = tmp_path / "model"
+    shutil.copytree(default_model_dir(), d)
+    np.savez(d / "training.npz", **{k: v for k, v in shipped_rows.items() if k != "categories"})
+    rows = load_model(d).training_rows()
+    assert np.array_equal(rows.categories, 3 * shipped_rows["y"]) and np.array_equal(rows.y, shipped_rows["y"])
 
 
 def test_a_model_copied_without_its_training_rows_still_selects_and_base_says_why(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from critstep.distill.train import train_distilled
 from critstep.errors import InputError, ModelError
 from critstep.formats import read_trajectories
 from critstep.labels import CriticalStep, TrajectoryLabels, read_labels
-from critstep.selection import step_cap
+from critstep.selection import CATEGORIES, step_cap
 from critstep.selector import build_selector
 
 STRUCTURAL = FeatureConfig(groups=("structural",))
@@ -80,6 +80,27 @@ def test_estimator_contract_and_validation() -> None:
         StepClassifier().fit(np.full((200, 4), np.inf), y)
 
 
+def test_the_teachers_categories_are_learned_as_classes_and_scored_as_one_minus_not_critical() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.random((300, 4))
+    codes = np.where(X[:, 0] > 0.8, 1, np.where(X[:, 1] > 0.8, 3, 0))  # plans and actions: two unlike kinds of critical step
+    y = (codes > 0).astype(int)
+    groups = np.repeat(np.arange(30), 10)
+    clf = StepClassifier().fit(X, y, groups=groups, categories=codes)
+    assert clf.estimator_.classes_.tolist() == [0, 1, 3]
+    p0 = clf.estimator_.predict_proba(X)[:, 0]
+    assert np.allclose(clf.decision_function(X), np.log((1 - p0) / p0))
+    p = clf.predict_proba(X)[:, 1]
+    assert p[y == 1].mean() > p[y == 0].mean() + 0.5 and clf.oof_proba_.shape == (300,)
+    assert StepClassifier(targets="binary").fit(X, y, groups=groups, categories=codes).estimator_.classes_.tolist() == [0, 1]
+    assert StepClassifier().fit(X, y, groups=groups).estimator_.classes_.tolist() == [0, 1]  # no categories: critical or not
+    for bad in (codes[:10], codes.astype(float), np.where(y == 1, 0, 2), np.where(y == 1, 5, 0), -codes):
+        with pytest.raises(ValueError, match="categories must be"):
+            StepClassifier().fit(X, y, groups=groups, categories=bad)
+    with pytest.raises(ValueError, match="targets must be one of"):
+        StepClassifier(targets="kinds").fit(X, y, groups=groups)
+
+
 def test_sample_weight_moves_the_fit_toward_the_weighted_rows() -> None:
     """What `distill --base` relies on: a few heavily weighted rows whose rule contradicts the rest win."""
     rng = np.random.default_rng(0)
@@ -116,7 +137,7 @@ def test_fit_save_load_round_trip_scores_identically(seed, tmp_path: Path) -> No
     files = {p.name for p in (tmp_path / "model").iterdir()}
     assert files == {"model.skops", "training.npz", "model.json", "README.md", ".critstep-output.json"}  # no pickle anywhere
     card = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert card["format_version"] == 3 and card["features"]["groups"] == ["structural"] and "versions" in card["card"]
+    assert card["format_version"] == 4 and card["features"]["groups"] == ["structural"] and "versions" in card["card"]
     assert card["policy"]["mode"] == report["policy"]["mode"] in ("threshold", "count")
     assert "Cross-validated" in (tmp_path / "model" / "README.md").read_text()
 
@@ -129,6 +150,9 @@ def test_fit_save_load_round_trip_scores_identically(seed, tmp_path: Path) -> No
     rows = loaded.training_rows()
     assert np.array_equal(rows.X, X) and rows.y.sum() == sum(len(labels[t.id].steps) for t in trajectories)
     assert set(rows.groups) == {t.id for t in trajectories} and np.all(rows.weight == 1.0)
+    assert np.array_equal(rows.categories, report["model"].training_rows().categories) and set(rows.categories[rows.y == 1]) == {
+        1 + CATEGORIES.index(c.category) for t in trajectories for c in labels[t.id].critical}
+    assert len(loaded.classifier.estimator_.classes_) > 2  # the teacher's categories were the classes
     assert list(rows.envs) == [t.env for t in trajectories for _ in range(t.n_steps)]
 
     selector = build_selector("distilled", model_dir=tmp_path / "model", cache=None)

@@ -58,7 +58,8 @@ def refit(
                          "cuts out of fold; retrain it with `critstep distill`")
     rows = training.without(set(new.groups.tolist())).plus(new)
     try:
-        clf = StepClassifier(**(classifier.get_params() | {"ratio": ratio})).fit(rows.X, rows.y, groups=rows.groups, sample_weight=rows.weight)
+        clf = StepClassifier(**(classifier.get_params() | {"ratio": ratio})).fit(rows.X, rows.y, groups=rows.groups, sample_weight=rows.weight,
+                                                                                 categories=rows.categories)
     except ValueError as e:  # e.g. every step critical: one class
         raise InputError(f"refitting the base model with these labels failed: {e}") from None
     if not hasattr(clf, "oof_proba_"):
@@ -105,7 +106,8 @@ def adapt_distilled(
     if len(data.y) == 0:
         raise InputError("no labeled trajectory with steps to adapt to")
     env_of = {t.id: t.env for t in data.trajectories}
-    new = TrainingRows(data.X, data.y, data.groups, np.array([env_of[g] for g in data.groups]), np.full(len(data.y), ADAPT_WEIGHT))
+    new = TrainingRows(data.X, data.y, data.groups, np.array([env_of[g] for g in data.groups]), np.full(len(data.y), ADAPT_WEIGHT),
+                       data.categories)
     clf, rows = refit(base.classifier, base_rows, new, ratio)
     by_env: dict[str, list[Trajectory]] = {}
     for t in data.trajectories:

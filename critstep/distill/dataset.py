@@ -1,4 +1,4 @@
-"""Labeled step data: trajectories + teacher labels -> (X, y, groups), checked against each other."""
+"""Labeled step data: trajectories + teacher labels -> (X, y, categories, groups), checked against each other."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from critstep.distill.estimator import category_codes
 from critstep.distill.features import FeatureExtractor, StepIndex
 from critstep.errors import InputError
 from critstep.labels import TrajectoryLabels
@@ -15,13 +16,15 @@ from critstep.trajectory import Trajectory
 
 @dataclass
 class StepDataset:
-    """One row per step of the labeled trajectories; `groups` are trajectory ids (for grouped CV)."""
+    """One row per step of the labeled trajectories: `y` 1 for a critical step, `categories` its
+    class code (`category_codes`), `groups` trajectory ids (for grouped CV)."""
 
     X: np.ndarray
     y: np.ndarray
     groups: np.ndarray
     index: StepIndex
     trajectories: list[Trajectory]
+    categories: np.ndarray
 
 
 def labeled_trajectories(trajectories: Sequence[Trajectory], labels: Mapping[str, TrajectoryLabels]) -> list[Trajectory]:
@@ -39,12 +42,20 @@ def labeled_trajectories(trajectories: Sequence[Trajectory], labels: Mapping[str
     return [t for t in trajectories if t.id in labels and t.n_steps > 0]
 
 
-def targets(index: StepIndex, labels: Mapping[str, TrajectoryLabels]) -> np.ndarray:
-    critical = {(tid, s) for tid, lab in labels.items() for s in lab.steps}
-    return np.array([(tid, k) in critical for tid, k in index], dtype=int)
+def targets(index: StepIndex, labels: Mapping[str, TrajectoryLabels]) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of `index`: 1 if the teacher marked the step critical, and its class code."""
+    category = {(tid, c.step): c.category for tid, lab in labels.items() for c in lab.critical}
+    codes = category_codes([category.get(key) for key in index])
+    return (codes > 0).astype(int), codes
+
+
+def dataset_of(X: np.ndarray, index: StepIndex, labels: Mapping[str, TrajectoryLabels], trajectories: list[Trajectory]) -> StepDataset:
+    """The dataset of feature rows `X` (one per entry of `index`) with the labels' targets."""
+    y, codes = targets(index, labels)
+    return StepDataset(X, y, np.array([tid for tid, _ in index]), index, trajectories, codes)
 
 
 def build_dataset(extractor: FeatureExtractor, trajectories: Sequence[Trajectory], labels: Mapping[str, TrajectoryLabels]) -> StepDataset:
     chosen = labeled_trajectories(trajectories, labels)
     X, index = extractor.transform(chosen)
-    return StepDataset(X, targets(index, labels), np.array([tid for tid, _ in index]), index, chosen)
+    return dataset_of(X, index, labels, chosen)

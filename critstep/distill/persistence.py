@@ -17,7 +17,10 @@ not match fails with one line.
 Format 3 adds the selection policy (mode, threshold, count scale, per-env cuts) and the training
 rows; a format-1 directory (critstep 0.1) still loads, with threshold mode as its default, and
 `--base` refuses it in one line (it carries no training rows). Format 2 (development builds only)
-loads unless it holds per-env adapters, which were replaced by the refit.
+loads unless it holds per-env adapters, which were replaced by the refit. Format 4's classifier
+may be a model of the teacher's categories (more than two classes, which an older critstep would
+misread, hence the new number) and its training rows carry the categories; format-3 rows, which
+have none, read with every critical step as a critical action.
 """
 
 from __future__ import annotations
@@ -33,14 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from critstep.distill.estimator import StepClassifier
+from critstep.distill.estimator import StepClassifier, category_codes
 from critstep.distill.features import FeatureConfig
 from critstep.distill.policy import SelectionPolicy
 from critstep.errors import ModelError
 from critstep.io import atomic_dir
+from critstep.selection import CATEGORIES
 
-FORMAT_VERSION = 3
-READABLE_FORMATS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 TRAINING_FILE = "training.npz"
 MODEL_KIND = "distilled-model"
 TRUSTED_TYPES = {"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"}
@@ -49,30 +53,32 @@ SHIPPED_MODEL = "distilled-selector-seed306"
 
 @dataclass
 class TrainingRows:
-    """The feature rows a classifier was fitted on: per row its label, trajectory id, env and weight."""
+    """The feature rows a classifier was fitted on: per row its label, trajectory id, env, weight
+    and the teacher's category (`category_codes`)."""
 
     X: np.ndarray
     y: np.ndarray
     groups: np.ndarray
     envs: np.ndarray
     weight: np.ndarray
+    categories: np.ndarray
 
     def __post_init__(self) -> None:
         n = len(self.y)
-        if self.X.ndim != 2 or any(len(a) != n for a in (self.X, self.groups, self.envs, self.weight)):
+        if self.X.ndim != 2 or any(len(a) != n for a in (self.X, self.groups, self.envs, self.weight, self.categories)):
             raise ValueError(f"training rows disagree in length: X {self.X.shape}, y {len(self.y)}, groups {len(self.groups)}, "
-                             f"envs {len(self.envs)}, weight {len(self.weight)}")
+                             f"envs {len(self.envs)}, weight {len(self.weight)}, categories {len(self.categories)}")
 
     def without(self, ids: set[str]) -> TrainingRows:
         """The rows of the other trajectories."""
         keep = ~np.isin(self.groups, list(ids))
-        return TrainingRows(self.X[keep], self.y[keep], self.groups[keep], self.envs[keep], self.weight[keep])
+        return TrainingRows(*(a[keep] for a in self.arrays()))
 
     def plus(self, other: TrainingRows) -> TrainingRows:
         return TrainingRows(*(np.concatenate([a, b]) for a, b in zip(self.arrays(), other.arrays(), strict=True)))
 
     def arrays(self) -> tuple[np.ndarray, ...]:
-        return self.X, self.y, self.groups, self.envs, self.weight
+        return self.X, self.y, self.groups, self.envs, self.weight, self.categories
 
 
 @dataclass
@@ -157,7 +163,7 @@ def save_model(model: DistilledModel, out_dir: str | Path) -> Path:
         t = model.training_rows()
         if t is not None:
             np.savez_compressed(tmp / TRAINING_FILE, X=t.X.astype(np.float32), y=t.y.astype(np.uint8), groups=t.groups.astype(str),
-                                envs=t.envs.astype(str), weight=t.weight.astype(np.float32))
+                                envs=t.envs.astype(str), weight=t.weight.astype(np.float32), categories=t.categories.astype(np.uint8))
         meta = {
             "format_version": FORMAT_VERSION,
             "classifier": clf.get_params(),
@@ -248,13 +254,16 @@ def load_model(model_dir: str | Path) -> DistilledModel:
 
 def read_training_rows(path: Path, n_features: int) -> TrainingRows:
     """A model directory's training rows, checked: plain arrays only (no pickle), a finite float
-    matrix of the model's width, 0/1 integer labels, 1-D string ids and envs, positive weights."""
+    matrix of the model's width, 0/1 integer labels, 1-D string ids and envs, positive weights,
+    category codes that agree with the labels (absent in format 3: critical steps read as critical
+    actions)."""
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise ValueError(f"a single {type(loaded).__name__}, not an archive of named arrays")
         with loaded as f:
             X, y, groups, envs, weight = (f[k] for k in ("X", "y", "groups", "envs", "weight"))
+            categories = f["categories"] if "categories" in f.files else None
     except OSError as e:
         raise ModelError(f"{path}: cannot read the training rows ({e.strerror or e})") from None
     except (ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile, zlib.error) as e:
@@ -270,17 +279,30 @@ def read_training_rows(path: Path, n_features: int) -> TrainingRows:
             problems.append(f"{name} must be 1-D strings (got {a.dtype} {a.shape})")
     if weight.ndim != 1 or weight.dtype.kind != "f" or not np.isfinite(weight).all() or (weight <= 0).any():
         problems.append(f"weight must be positive finite floats (got {weight.dtype} {weight.shape})")
+    if not problems and categories is None:
+        categories = np.where(y == 1, category_codes(["critical_action"])[0], 0)
+    if not problems and (categories.ndim != 1 or categories.dtype.kind not in "iu" or categories.shape != y.shape
+                         or ((categories > 0) != (y == 1)).any() or categories.max(initial=0) > len(CATEGORIES)):
+        problems.append(f"categories must be codes 0-{len(CATEGORIES)} that are 0 exactly where y is 0 (got {categories.dtype} {categories.shape})")
     if not problems and len(y) == 0:
         problems.append("no rows")
     if not problems and len({len(X), len(y), len(groups), len(envs), len(weight)}) > 1:
         problems.append(f"lengths disagree: X {len(X)}, y {len(y)}, groups {len(groups)}, envs {len(envs)}, weight {len(weight)}")
     if problems:
         raise ModelError(f"{path}: damaged training rows: {'; '.join(problems)}")
-    return TrainingRows(X.astype(np.float64), y.astype(int), groups, envs, weight.astype(np.float64))
+    return TrainingRows(X.astype(np.float64), y.astype(int), groups, envs, weight.astype(np.float64), categories.astype(int))
 
 
 def _pm(stats: dict[str, float] | None) -> str:
     return "–" if not stats else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
+def _classes(clf: StepClassifier) -> str:
+    classes = getattr(clf.estimator_, "classes_", [0, 1])
+    if len(classes) == 2:
+        return " (critical or not)"
+    names = ["not critical", *CATEGORIES]
+    return f" over the teacher's categories ({', '.join(names[int(c)] for c in classes)}; P(critical) = 1 - P(not critical))"
 
 
 def model_card(model: DistilledModel) -> str:
@@ -301,7 +323,7 @@ def model_card(model: DistilledModel) -> str:
           if {"token", "hidden"} & set(f.groups) else []),
         "",
         "## Model and selection",
-        f"- classifier: {model.classifier.classifier}, Platt-calibrated on out-of-fold scores (grouped by trajectory)",
+        f"- classifier: {model.classifier.classifier}{_classes(model.classifier)}, Platt-calibrated on out-of-fold scores (grouped by trajectory)",
         f"- default selection mode: **{policy.mode}** (threshold {policy.threshold:.2f}; count = round({policy.count_scale:.2f} x sum of "
         "probabilities); the --ratio cap always applies, at least one step is kept)",
     ]

@@ -72,7 +72,7 @@ def fold_models(
     rows_of = {t.id: np.flatnonzero(data.groups == t.id) for t in data.trajectories}
     for r, train, test in cv_splits([t.env for t in data.trajectories], folds, repeats, seed):
         train_rows = np.concatenate([rows_of[data.trajectories[i].id] for i in train])
-        yield r, make().fit(data.X[train_rows], data.y[train_rows], groups=data.groups[train_rows]), test
+        yield r, make().fit(data.X[train_rows], data.y[train_rows], groups=data.groups[train_rows], categories=data.categories[train_rows]), test
 
 
 def cross_validate(
@@ -91,7 +91,7 @@ def cross_validate(
     hold the first repeat's out-of-fold probabilities per row and selections per trajectory.
 
     `make` builds the model of each fold (default: a `StepClassifier` with `classifier`'s
-    parameters); it must fit with groups and carry a `policy_`."""
+    parameters); it must fit with groups and categories and carry a `policy_`."""
     import sys
 
     from tqdm import tqdm
@@ -194,12 +194,12 @@ def train_distilled(
         cv.pop("proba")
         cv.pop("selections")
         report["cv"] = cv
-    clf = StepClassifier(**params).fit(data.X, data.y, groups=data.groups)
+    clf = StepClassifier(**params).fit(data.X, data.y, groups=data.groups, categories=data.categories)
     card = {"training_data": report["training_data"], "cv": report.get("cv", {}), "versions": versions(),
             # so that `compare` and `evaluate` can tell when the model is scored on its own training data
             "training_ids": sorted(str(g) for g in set(data.groups))}
     env_of = {t.id: t.env for t in data.trajectories}
-    rows = TrainingRows(data.X, data.y, data.groups, np.array([env_of[g] for g in data.groups]), np.ones(len(data.y)))
+    rows = TrainingRows(data.X, data.y, data.groups, np.array([env_of[g] for g in data.groups]), np.ones(len(data.y)), data.categories)
     model = DistilledModel(clf, extractor.config, extractor.feature_names(), card, rows)
     report["policy"] = clf.policy_.to_dict()
     report["model"] = model

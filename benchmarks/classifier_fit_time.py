@@ -1,0 +1,51 @@
+"""What learning the teacher's categories costs: fit time of the step classifier, binary against categories.
+
+Fits `StepClassifier` (its inner calibration folds included, as `critstep distill` and `distill
+--base` do) on the shipped model's training rows (the 306 seed trajectories' 5,509 steps), with
+`targets="binary"` and `targets="categories"` alternating for `--rounds` rounds in one process, so
+both see the same load. Selection is not affected (the features dominate it; see distill_speed.py).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classifier_fit_time.py [--rounds 2]
+
+Writes benchmarks/results/classifier_fit_time.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from critstep.distill.estimator import TARGETS, StepClassifier
+from critstep.distill.persistence import default_model_dir, load_model
+from critstep.io import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "classifier_fit_time.json")
+    args = parser.parse_args()
+    rows = load_model(default_model_dir()).training_rows()
+    seconds: dict[str, list[float]] = {t: [] for t in TARGETS}
+    for r in range(args.rounds):
+        for targets in TARGETS:
+            start = time.perf_counter()
+            StepClassifier(targets=targets).fit(rows.X, rows.y, groups=rows.groups, categories=rows.categories)
+            seconds[targets].append(time.perf_counter() - start)
+            print(f"round {r + 1}: {targets:<10} {seconds[targets][-1]:.1f} s", flush=True)
+    ratios = [c / b for c, b in zip(seconds["categories"], seconds["binary"], strict=True)]
+    result = {"rows": len(rows.y), "columns": int(rows.X.shape[1]), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+              "load_average": os.getloadavg()[0], "seconds": seconds, "categories_over_binary": ratios}
+    print(f"categories / binary: {np.mean(ratios):.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+    write_json(args.out, result)
+    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+
+
+if __name__ == "__main__":
+    main()
