@@ -117,7 +117,8 @@ def shipped_rows() -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("bad", ["pickled", "narrow", "short_y", "y0d", "y_fraction", "x_inf", "weight_nan", "weight_negative",
-                                 "groups_int", "groups_2d", "no_rows", "corrupted", "npy", "categories_disagree", "categories_float"])
+                                 "groups_int", "groups_2d", "no_rows", "corrupted", "npy", "categories_disagree", "categories_float",
+                                 "categories_negative"])
 def test_damaged_training_rows_fail_in_one_line_and_only_where_they_are_needed(tmp_path: Path, shipped_rows, bad: str) -> None:
     a = shipped_rows
     n = len(a["y"])
@@ -126,7 +127,8 @@ def test_damaged_training_rows_fail_in_one_line_and_only_where_they_are_needed(t
               "weight_nan": {"weight": np.full(n, np.nan)}, "weight_negative": {"weight": -np.ones(n, dtype=np.float32)},
               "groups_int": {"groups": np.arange(n)}, "groups_2d": {"groups": a["groups"][:, None]},
               "no_rows": {k: v[:0] for k, v in a.items()}, "categories_disagree": {"categories": np.where(a["y"] == 1, 0, 3)},
-              "categories_float": {"categories": a["y"] * 3.0}}.get(bad, {})
+              "categories_float": {"categories": a["y"] * 3.0},
+              "categories_negative": {"categories": np.where(a["y"] == 1, 3, -1).astype(np.int8)}}.get(bad, {})
     d = tmp_path / "model"
     shutil.copytree(default_model_dir(), d)
     path = d / "training.npz"

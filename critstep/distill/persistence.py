@@ -282,7 +282,8 @@ def read_training_rows(path: Path, n_features: int) -> TrainingRows:
     if not problems and categories is None:
         categories = np.where(y == 1, category_codes(["critical_action"])[0], 0)
     if not problems and (categories.ndim != 1 or categories.dtype.kind not in "iu" or categories.shape != y.shape
-                         or ((categories > 0) != (y == 1)).any() or categories.max(initial=0) > len(CATEGORIES)):
+                         or ((categories > 0) != (y == 1)).any() or categories.min(initial=0) < 0
+                         or categories.max(initial=0) > len(CATEGORIES)):
         problems.append(f"categories must be codes 0-{len(CATEGORIES)} that are 0 exactly where y is 0 (got {categories.dtype} {categories.shape})")
     if not problems and len(y) == 0:
         problems.append("no rows")
