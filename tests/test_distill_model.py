@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from critstep.cli import cli
-from critstep.distill.adapt import ADAPT_WEIGHT
+from critstep.distill.adapt import ADAPT_WEIGHT, refit
 from critstep.distill.features import FeatureExtractor
-from critstep.distill.persistence import SHIPPED_MODEL, default_model_dir, load_model
+from critstep.distill.persistence import SHIPPED_MODEL, TrainingRows, default_model_dir, load_model
 from critstep.distill.policy import MODES
 from critstep.errors import ModelError
 from critstep.formats import read_trajectories, write_trajectories
@@ -108,6 +108,25 @@ def test_adapters_of_a_development_format_2_fail_in_one_line(tmp_path: Path) -> 
     (d / "model.json").write_text(json.dumps(meta | {"adapters": [{"env": "tau-airline", "file": "adapter-0.skops"}]}))
     with pytest.raises(ModelError, match="adapters .* are no longer read; adapt the base model again"):
         load_model(d)
+
+
+def test_a_model_saved_before_format_4_keeps_learning_critical_against_the_rest(tmp_path: Path) -> None:
+    """Its model.json has no "targets": its classifier learned critical or not, and a refit (`--base`,
+    `compare`'s cross-fit) keeps that recipe rather than learning categories its rows never had."""
+    d = _copy_with_skops(tmp_path, (FORMAT1 / "model.skops").read_bytes())
+    meta = json.loads((d / "model.json").read_text())
+    meta |= {"format_version": 3, "policy": {"mode": "threshold", "threshold": meta["threshold"]}}
+    (d / "model.json").write_text(json.dumps(meta))
+    clf = load_model(d).classifier
+    assert clf.get_params()["targets"] == "binary" and len(clf.estimator_.classes_) == 2
+    rng = np.random.default_rng(0)
+    y = (rng.random(240) < 0.2).astype(int)
+    groups = np.repeat([f"t{i}" for i in range(24)], 10)
+    rows = TrainingRows(rng.random((240, 152)), y, groups, np.full(240, "e"), np.ones(240), 3 * y)  # format-3 rows: critical actions
+    new = TrainingRows(*(a[:40] for a in rows.arrays()))
+    new.groups, new.categories = np.char.add("new-", new.groups), new.y * 1  # the new labels' plans
+    refitted, _ = refit(clf, rows, new)
+    assert refitted.get_params()["targets"] == "binary" and refitted.estimator_.classes_.tolist() == [0, 1]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ rows; a format-1 directory (critstep 0.1) still loads, with threshold mode as it
 loads unless it holds per-env adapters, which were replaced by the refit. Format 4's classifier
 may be a model of the teacher's categories (more than two classes, which an older critstep would
 misread, hence the new number) and its training rows carry the categories; format-3 rows, which
-have none, read with every critical step as a critical action.
+have none, read with every critical step as a critical action, and an older model keeps learning
+critical against the rest (`targets="binary"`) when refitted.
 """
 
 from __future__ import annotations
@@ -222,6 +223,8 @@ def load_model(model_dir: str | Path) -> DistilledModel:
     skops_path = d / "model.skops"
     try:
         params = dict(meta["classifier"])
+        if version < 4:  # saved before "targets": its classifier learned critical against the rest, and a refit keeps that
+            params.setdefault("targets", "binary")
         clf = StepClassifier(**params)
         features = FeatureConfig.from_dict(meta["features"])
         feature_names = [str(n) for n in meta["feature_names"]]
