@@ -68,7 +68,9 @@ def main() -> None:
 
     def fit(ids: list[str], seed: int) -> StepClassifier:
         idx = np.concatenate([rows_of[i] for i in ids])
-        clf = StepClassifier(classifier=args.classifier, calibration_folds=args.calibration_folds, ratio=args.ratio, random_state=seed)
+        # critical against the rest, as the saved figures were measured (the shipped model now learns the categories)
+        clf = StepClassifier(classifier=args.classifier, calibration_folds=args.calibration_folds, ratio=args.ratio, random_state=seed,
+                             targets="binary")
         return clf.fit(data.X[idx], data.y[idx], groups=data.groups[idx])
 
     def proba(clf: StepClassifier, ids: list[str]) -> dict[str, np.ndarray]:

@@ -5,7 +5,7 @@ Fits `StepClassifier` (its inner calibration folds included, as `critstep distil
 `targets="binary"` and `targets="categories"` alternating for `--rounds` rounds in one process, so
 both see the same load. Selection is not affected (the features dominate it; see distill_speed.py).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classifier_fit_time.py [--rounds 2]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classifier_fit_time.py [--rounds 3]
 
 Writes benchmarks/results/classifier_fit_time.json.
 """
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "classifier_fit_time.json")
     args = parser.parse_args()
     rows = load_model(default_model_dir()).training_rows()

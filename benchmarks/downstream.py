@@ -258,7 +258,8 @@ def _distilled(train: list[Any], split: dict[str, Any], args: argparse.Namespace
         thresholds = []
         for k in range(args.folds):
             fit, held = fold != k, fold == k
-            clf = StepClassifier(ratio=args.ratio, random_state=args.seed).fit(data.X[fit], data.y[fit], groups=data.groups[fit])
+            # critical against the rest, as the saved figures were measured (the shipped model now learns the categories)
+            clf = StepClassifier(ratio=args.ratio, random_state=args.seed, targets="binary").fit(data.X[fit], data.y[fit], groups=data.groups[fit])
             thresholds.append(float(clf.threshold_))
             index = [data.index[i] for i in np.flatnonzero(held)]
             chosen |= selections_from_proba(index, clf.predict_proba(data.X[held])[:, 1], args.ratio, clf.threshold_)

@@ -167,11 +167,16 @@ def test_damaged_training_rows_fail_in_one_line_and_only_where_they_are_needed(t
     assert ("pickle" in str(e.value)) == (bad == "pickled")
 
 
-def test_training_rows_without_categories_read_as_critical_actions(tmp_path: Path, shipped_rows) -> None:
-    """Format 3 saved no categories: its critical steps are read as critical actions (code 3)."""
+def test_training_rows_without_categories_read_as_critical_actions_only_before_format_4(tmp_path: Path, shipped_rows) -> None:
+    """Format 3 saved no categories: its critical steps are read as critical actions (code 3). A
+    format-4 directory whose rows lack them is damaged, and says so."""
     d = tmp_path / "model"
     shutil.copytree(default_model_dir(), d)
     np.savez(d / "training.npz", **{k: v for k, v in shipped_rows.items() if k != "categories"})
+    with pytest.raises(ModelError, match="damaged training rows: no categories"):
+        load_model(d).training_rows()
+    meta = json.loads((d / "model.json").read_text())
+    (d / "model.json").write_text(json.dumps(meta | {"format_version": 3}))
     rows = load_model(d).training_rows()
     assert np.array_equal(rows.categories, 3 * shipped_rows["y"]) and np.array_equal(rows.y, shipped_rows["y"])
 

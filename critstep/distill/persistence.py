@@ -94,11 +94,13 @@ class DistilledModel:
     training: TrainingRows | None = None
     # where a loaded model's training rows are: read on first use, since only `--base` needs them
     training_file: Path | None = None
+    # format 4 saves the teacher's categories with the rows: missing there, they are damage
+    categories_saved: bool = True
 
     def training_rows(self) -> TrainingRows | None:
         """The rows the classifier was fitted on (None for a model saved before format 3)."""
         if self.training is None and self.training_file is not None:
-            self.training = read_training_rows(self.training_file, int(self.classifier.n_features_in_))
+            self.training = read_training_rows(self.training_file, int(self.classifier.n_features_in_), self.categories_saved)
         return self.training
 
     @property
@@ -252,10 +254,10 @@ def load_model(model_dir: str | Path) -> DistilledModel:
     clf.calibration_ = calibration
     clf.policy_ = policy
     training = None if training_file is None else d / Path(str(training_file)).name
-    return DistilledModel(clf, features, feature_names, meta.get("card", {}), training_file=training)
+    return DistilledModel(clf, features, feature_names, meta.get("card", {}), training_file=training, categories_saved=version >= 4)
 
 
-def read_training_rows(path: Path, n_features: int) -> TrainingRows:
+def read_training_rows(path: Path, n_features: int, categories_saved: bool = True) -> TrainingRows:
     """A model directory's training rows, checked: plain arrays only (no pickle), a finite float
     matrix of the model's width, 0/1 integer labels, 1-D string ids and envs, positive weights,
     category codes that agree with the labels (absent in format 3: critical steps read as critical
@@ -282,6 +284,8 @@ def read_training_rows(path: Path, n_features: int) -> TrainingRows:
             problems.append(f"{name} must be 1-D strings (got {a.dtype} {a.shape})")
     if weight.ndim != 1 or weight.dtype.kind != "f" or not np.isfinite(weight).all() or (weight <= 0).any():
         problems.append(f"weight must be positive finite floats (got {weight.dtype} {weight.shape})")
+    if not problems and categories is None and categories_saved:
+        problems.append("no categories (a format-4 model saves them with its rows)")
     if not problems and categories is None:
         categories = np.where(y == 1, category_codes(["critical_action"])[0], 0)
     if not problems and (categories.ndim != 1 or categories.dtype.kind not in "iu" or categories.shape != y.shape
