@@ -365,7 +365,7 @@ def main() -> None:
     for name in [c.strip() for c in args.candidates.split(",") if c.strip()]:
         kind = CANDIDATES[name]
         X = rownum if kind == "encoder" else np.hstack([gbm.X, rownum])
-        data = StepDataset(X, gbm.y, gbm.groups, gbm.index, gbm.trajectories, gbm.categories)
+        data = StepDataset(X, gbm.categories, gbm.groups, gbm.index, gbm.trajectories)
         chosen: list = []
         start = time.perf_counter()
         cv = cross_validate(data, labels, protocol["folds"], repeats=protocol["repeats"], seed=protocol["seed"],

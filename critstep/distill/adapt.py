@@ -105,10 +105,7 @@ def adapt_distilled(
     data = build_dataset(extractor, trajectories, labels)
     if len(data.y) == 0:
         raise InputError("no labeled trajectory with steps to adapt to")
-    env_of = {t.id: t.env for t in data.trajectories}
-    new = TrainingRows(data.X, data.y, data.groups, np.array([env_of[g] for g in data.groups]), np.full(len(data.y), ADAPT_WEIGHT),
-                       data.categories)
-    clf, rows = refit(base.classifier, base_rows, new, ratio)
+    clf, rows = refit(base.classifier, base_rows, TrainingRows.of(data, ADAPT_WEIGHT), ratio)
     by_env: dict[str, list[Trajectory]] = {}
     for t in data.trajectories:
         by_env.setdefault(t.env, []).append(t)

@@ -16,15 +16,19 @@ from critstep.trajectory import Trajectory
 
 @dataclass
 class StepDataset:
-    """One row per step of the labeled trajectories: `y` 1 for a critical step, `categories` its
-    class code (`category_codes`), `groups` trajectory ids (for grouped CV)."""
+    """One row per step of the labeled trajectories: `categories` each step's class code
+    (`category_codes`: 0 = not critical), `groups` trajectory ids (for grouped CV)."""
 
     X: np.ndarray
-    y: np.ndarray
+    categories: np.ndarray
     groups: np.ndarray
     index: StepIndex
     trajectories: list[Trajectory]
-    categories: np.ndarray
+
+    @property
+    def y(self) -> np.ndarray:
+        """1 for a critical step, 0 for the rest."""
+        return (self.categories > 0).astype(int)
 
 
 def labeled_trajectories(trajectories: Sequence[Trajectory], labels: Mapping[str, TrajectoryLabels]) -> list[Trajectory]:
@@ -42,17 +46,10 @@ def labeled_trajectories(trajectories: Sequence[Trajectory], labels: Mapping[str
     return [t for t in trajectories if t.id in labels and t.n_steps > 0]
 
 
-def targets(index: StepIndex, labels: Mapping[str, TrajectoryLabels]) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of `index`: 1 if the teacher marked the step critical, and its class code."""
-    category = {(tid, c.step): c.category for tid, lab in labels.items() for c in lab.critical}
-    codes = category_codes([category.get(key) for key in index])
-    return (codes > 0).astype(int), codes
-
-
 def dataset_of(X: np.ndarray, index: StepIndex, labels: Mapping[str, TrajectoryLabels], trajectories: list[Trajectory]) -> StepDataset:
-    """The dataset of feature rows `X` (one per entry of `index`) with the labels' targets."""
-    y, codes = targets(index, labels)
-    return StepDataset(X, y, np.array([tid for tid, _ in index]), index, trajectories, codes)
+    """The dataset of feature rows `X` (one per entry of `index`) with the labels' categories."""
+    category = {(tid, c.step): c.category for tid, lab in labels.items() for c in lab.critical}
+    return StepDataset(X, category_codes([category.get(key) for key in index]), np.array([tid for tid, _ in index]), index, trajectories)
 
 
 def build_dataset(extractor: FeatureExtractor, trajectories: Sequence[Trajectory], labels: Mapping[str, TrajectoryLabels]) -> StepDataset:

@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +43,9 @@ from critstep.distill.policy import SelectionPolicy
 from critstep.errors import ModelError
 from critstep.io import atomic_dir
 from critstep.selection import CATEGORIES
+
+if TYPE_CHECKING:
+    from critstep.distill.dataset import StepDataset
 
 FORMAT_VERSION = 4
 READABLE_FORMATS = (1, 2, 3, 4)
@@ -69,6 +72,12 @@ class TrainingRows:
         if self.X.ndim != 2 or any(len(a) != n for a in (self.X, self.groups, self.envs, self.weight, self.categories)):
             raise ValueError(f"training rows disagree in length: X {self.X.shape}, y {len(self.y)}, groups {len(self.groups)}, "
                              f"envs {len(self.envs)}, weight {len(self.weight)}, categories {len(self.categories)}")
+
+    @classmethod
+    def of(cls, data: StepDataset, weight: float) -> TrainingRows:
+        """The rows of a labeled dataset, each with `weight`."""
+        env_of = {t.id: t.env for t in data.trajectories}
+        return cls(data.X, data.y, data.groups, np.array([env_of[g] for g in data.groups]), np.full(len(data.y), weight), data.categories)
 
     def without(self, ids: set[str]) -> TrainingRows:
         """The rows of the other trajectories."""

@@ -198,9 +198,7 @@ def train_distilled(
     card = {"training_data": report["training_data"], "cv": report.get("cv", {}), "versions": versions(),
             # so that `compare` and `evaluate` can tell when the model is scored on its own training data
             "training_ids": sorted(str(g) for g in set(data.groups))}
-    env_of = {t.id: t.env for t in data.trajectories}
-    rows = TrainingRows(data.X, data.y, data.groups, np.array([env_of[g] for g in data.groups]), np.ones(len(data.y)), data.categories)
-    model = DistilledModel(clf, extractor.config, extractor.feature_names(), card, rows)
+    model = DistilledModel(clf, extractor.config, extractor.feature_names(), card, TrainingRows.of(data, 1.0))
     report["policy"] = clf.policy_.to_dict()
     report["model"] = model
     if out_dir is not None:
