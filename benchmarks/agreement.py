@@ -19,6 +19,10 @@ The protocol was fixed before any candidate ran:
 Modes: "default" (each fold model's own choice: threshold or learned count), "threshold",
 "count" (round(scale x sum of probabilities) steps) and "ratio" (fill the 30% cap). Macro F1 is
 the mean over envs with at least 10 trajectories (alfworld, qa-search, sciworld, tau-airline).
+A diagnostic row, "teacher-k", gives every trajectory of the first repeat exactly the teacher's
+own number of steps (the candidate's highest out-of-fold probabilities), a count no selection
+policy knows: where "default" comes as close as it, choosing how many steps costs nothing and
+what is left (1 - its F1) is the ranking's, which steps.
 
 Candidates (see `CANDIDATES`): the previous release's recipe (HGB on semantic + structural
 features), the shipped recipe ("gbm": + progress features, without the env-specific hashed
@@ -56,11 +60,13 @@ import numpy as np
 from critstep.distill.dataset import StepDataset, dataset_of, labeled_trajectories
 from critstep.distill.estimator import StepClassifier, group_slices, make_base
 from critstep.distill.features import FeatureConfig, FeatureExtractor
+from critstep.distill.metrics import evaluate_selections
 from critstep.distill.policy import fit_policy
 from critstep.distill.train import cross_validate
 from critstep.formats import read_trajectories
 from critstep.io import write_json
 from critstep.labels import read_labels
+from critstep.selection import Selection, select_top
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "agreement.json"
@@ -311,6 +317,12 @@ def paired_f1(selections: dict, labels: dict, ids: list[str]) -> float:
     return 2 * tp / n if n else 0.0
 
 
+def teacher_k(cv: dict[str, Any], data: StepDataset, labels: dict) -> dict[str, Selection]:
+    """The first repeat's selections with the teacher's own step count for each trajectory."""
+    return {t.id: Selection(t.id, select_top(cv["proba"][data.groups == t.id], len(labels[t.id].steps)))
+            for t in data.trajectories}
+
+
 def summarize(cv: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"default_mode_chosen": cv["default_mode_chosen"]}
     for mode in MODES:
@@ -337,6 +349,12 @@ def table(results: dict) -> str:
                 paired = r.get("paired_44", {}).get(mode)
                 lines.append(f"{name:<26}{mode:<11}{s['f1']['mean']:>9.3f} ± {s['f1']['std']:.3f}{macro.get('mean', float('nan')):>9.3f} ± "
                              f"{macro.get('std', float('nan')):.3f}  {per}  {'' if paired is None else f'{paired:.3f}':>8}  {r['trajectories']}")
+            if "teacher_k" in r:  # a diagnostic of the first repeat: no spread
+                k = r["teacher_k"]
+                per = " ".join(f"{e[:5]} {k['per_env_f1'][e]:.3f}" for e in ("alfworld", "qa-search", "sciworld", "tau-airline") if e in k["per_env_f1"])
+                paired = k["paired_44"]
+                lines.append(f"{name:<26}{'teacher-k':<11}{k['f1']:>9.3f} (1st) {k['macro_f1']:>9.3f} (1st)  {per}  "
+                             f"{'' if paired is None else f'{paired:.3f}':>8}  {r['trajectories']}")
     return "\n".join(lines)
 
 
@@ -390,6 +408,10 @@ def main() -> None:
         entry = summarize(cv) | {"trajectories": len(trajectories), "columns": int(data.X.shape[1]),
                                  "feature_seconds": feature_seconds, "cv_seconds": time.perf_counter() - start}
         entry["paired_44"] = {mode: paired_f1(cv["selections"][mode], labels, paired_ids) for mode in MODES} if paired_ids else {}
+        ceiling = teacher_k(cv, data, labels)
+        m = evaluate_selections(ceiling, {t.id: labels[t.id] for t in trajectories}, by_id)
+        entry["teacher_k"] = {"f1": m["f1"], "macro_f1": m["macro_f1"], "per_env_f1": {e: v["f1"] for e, v in m["per_env"].items()},
+                              "paired_44": paired_f1(ceiling, labels, paired_ids) if paired_ids else None}
         results.setdefault(args.protocol, {})[name + suffix] = entry
         print(table({args.protocol: {name + suffix: entry}}), flush=True)
         write_json(args.out, results)  # after every candidate: a long run keeps what it finished

@@ -8,6 +8,13 @@ random. F1/kappa are micro over all steps of all folds (every trajectory predict
 seed), averaged over seeds. The oracle's dollars are GPT-4o list prices for the routed
 trajectories' prompts (offline estimate, no calls made).
 
+A recorded oracle that answers with the gold labels themselves is an upper bound: a teacher asked
+again does not repeat itself. So the 44 trajectories of `seed_labels_second.jsonl` (an
+independent second labeling) are also routed with the second labeling as the oracle's answers
+(`requeried`), side by side with the gold answers on the same 44. Each of them keeps the
+selection of the fold model that did not see it, and they are routed together (one budget over
+the 44: ~9 per fold would leave 5% and 10% budgets without a single call).
+
     .venv/bin/python benchmarks/cascade_budget.py            # writes benchmarks/results/cascade_budget.{json,png}
 """
 
@@ -35,6 +42,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmark"
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARES = (0.0, 0.05, 0.10, 0.25, 0.50, 1.0)
 ROUTINGS = ("disagreement", "margin", "random")
+ANSWERS = ("gold", "second")  # what the recorded oracle answers with on the doubly labeled trajectories
 
 
 def main() -> None:
@@ -43,6 +51,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--ratio", type=float, default=0.3)
+    ap.add_argument("--second", type=Path, help="second labeling (default: DATA/seed_labels_second.jsonl where it exists)")
     ap.add_argument("--classifier", default="hgb")
     ap.add_argument("--groups", default=",".join(FeatureConfig().groups), help="feature groups (default: the distilled selector's default)")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -56,37 +65,36 @@ def main() -> None:
     data = build_dataset(FeatureExtractor(FeatureConfig(groups=parse_groups(args.groups))), trajs, labels)
     by_id = {t.id: t for t in data.trajectories}
     gold = {t.id: labels[t.id] for t in data.trajectories}
+    second_path = args.second or args.data / "seed_labels_second.jsonl"
+    second = read_labels(second_path, trajs) if args.second or second_path.exists() else {}
+    paired = [by_id[i] for i in sorted(second) if i in by_id]
     print(f"{len(data.trajectories)} labeled trajectories, {len(data.y)} steps; features {data.X.shape[1]} in {time.perf_counter() - t0:.0f}s", flush=True)
     # Dollars of asking GPT-4o about each trajectory, from the oracle's offline estimate (no cache: list price).
     estimator = OracleLabeler(OracleConfig(model="gpt-4o", use_cache=False, ratio=args.ratio))
     usd = {t.id: float(estimator.estimate([t]).cost_usd) for t in data.trajectories}
 
     curves: dict[str, dict[float, list[dict]]] = {r: {s: [] for s in SHARES} for r in ROUTINGS}
+    requeried: dict[str, dict[str, dict[float, list[dict]]]] = {a: {r: {s: [] for s in SHARES} for r in ROUTINGS} for a in ANSWERS}
     fit_seconds: list[float] = []
     for seed in range(args.seeds):
         pred: dict[str, dict[float, dict]] = {r: {s: {} for s in SHARES} for r in ROUTINGS}
+        out_of_fold: dict = {}  # every trajectory's distilled selection, by the fold model that did not see it
         spent: dict[str, dict[float, float]] = {r: dict.fromkeys(SHARES, 0.0) for r in ROUTINGS}
         folds = GroupKFold(args.folds, shuffle=True, random_state=seed).split(data.X, data.y, data.groups)
         for k, (train, test) in enumerate(folds):
             start = time.perf_counter()
-            # critical against the rest, as the saved figures were measured (the shipped model now learns the categories)
-            clf = StepClassifier(classifier=args.classifier, ratio=args.ratio, random_state=seed, targets="binary").fit(
-                data.X[train], data.y[train], groups=data.groups[train])
+            clf = StepClassifier(classifier=args.classifier, ratio=args.ratio, random_state=seed).fit(
+                data.X[train], data.y[train], groups=data.groups[train], categories=data.categories[train])
             fit_seconds.append(time.perf_counter() - start)
             index = [data.index[i] for i in test]
             # the distilled selection the cascade starts from: the fold model's default mode, as `critstep select`
             distilled = selections_from_proba(index, clf.predict_proba(data.X[test])[:, 1], args.ratio, clf.policy_, clf.policy_.mode)
+            out_of_fold |= distilled
             fold_trajs = [by_id[tid] for tid in dict.fromkeys(tid for tid, _ in index)]
             oracle = RecordedOracle({t.id: labels[t.id] for t in fold_trajs}, usd)
             for share in SHARES:
-                budget = Budget(share=share)
                 for routing in ROUTINGS:
-                    if routing == "random":
-                        chosen = random_routing(fold_trajs, distilled, budget, oracle, seed * 1000 + k)
-                        cost = sum(usd[t] for t in chosen if chosen[t] is not distilled[t])
-                    else:
-                        chosen, run = route(fold_trajs, distilled, oracle, budget, routing)
-                        cost = run.cost_usd
+                    chosen, cost = cascade(fold_trajs, distilled, oracle, Budget(share=share), routing, usd, seed * 1000 + k)
                     pred[routing][share].update(chosen)
                     spent[routing][share] += cost
             print(f"seed {seed} fold {k}: trained on {len(set(data.groups[train]))} trajectories in {fit_seconds[-1]:.1f}s", flush=True)
@@ -95,6 +103,18 @@ def main() -> None:
                 m = evaluate_selections(pred[routing][share], gold, by_id)
                 curves[routing][share].append({"f1": m["f1"], "kappa": m["kappa"], "precision": m["precision"], "recall": m["recall"],
                                                "usd_per_1k": spent[routing][share] / len(gold) * 1000})
+        for answers in ANSWERS if paired else ():
+            oracle = RecordedOracle({t.id: (gold if answers == "gold" else second)[t.id] for t in paired}, usd)
+            for share in SHARES:
+                for routing in ROUTINGS:
+                    chosen, cost = cascade(paired, out_of_fold, oracle, Budget(share=share), routing, usd, seed)
+                    m = evaluate_selections(chosen, {t.id: gold[t.id] for t in paired}, by_id)
+                    requeried[answers][routing][share].append({"f1": m["f1"], "usd_per_1k": cost / len(paired) * 1000})
+
+    def mean_curves(per_routing: dict[str, dict[float, list[dict]]]) -> dict[str, list[dict]]:
+        return {routing: [{"share": share, **{key: float(np.mean([r[key] for r in runs])) for key in runs[0]},
+                           "f1_std": float(np.std([r["f1"] for r in runs]))} for share, runs in per.items()]
+                for routing, per in per_routing.items()}
 
     result = {
         "benchmark": "cascade_budget",
@@ -110,15 +130,11 @@ def main() -> None:
         "oracle": "recorded (seed labels as the oracle's answers); dollars = GPT-4o list price of the routed prompts, offline estimate",
         "mean_fit_seconds": float(np.mean(fit_seconds)),
         "machine": "shared 2-core CPU machine, loaded by other jobs",
-        "curves": {
-            routing: [
-                {"share": share, **{key: float(np.mean([r[key] for r in runs])) for key in runs[0]},
-                 "f1_std": float(np.std([r["f1"] for r in runs]))}
-                for share, runs in per.items()
-            ]
-            for routing, per in curves.items()
-        },
+        "curves": mean_curves(curves),
     }
+    if paired:
+        result["requeried"] = {"second": portable_path(second_path), "trajectories": len(paired),
+                               "answers": {a: mean_curves(requeried[a]) for a in ANSWERS}}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "cascade_budget.json", result)
     plot(result, args.out / "cascade_budget.png")
@@ -126,7 +142,22 @@ def main() -> None:
     for i, share in enumerate(SHARES):
         row = [result["curves"][r][i] for r in ROUTINGS]
         print(f"{share:>6.0%} " + " ".join(f"{c['f1']:>16.3f}" for c in row) + f" {row[0]['usd_per_1k']:>15.2f}")
+    if paired:
+        print(f"\nthe {len(paired)} doubly labeled trajectories, the oracle answering with the gold or the second labeling:")
+        for answers in ANSWERS:
+            for routing in ROUTINGS:
+                pts = result["requeried"]["answers"][answers][routing]
+                print(f"{answers:>6} {routing:<12} " + " ".join(f"{p['share']:>4.0%} {p['f1']:.3f}" for p in pts))
     print(f"wrote {args.out / 'cascade_budget.json'} and .png in {time.perf_counter() - t0:.0f}s")
+
+
+def cascade(trajs, distilled, oracle: RecordedOracle, budget: Budget, routing: str, usd: dict, seed: int) -> tuple[dict, float]:
+    """The selections after routing `budget`'s calls by `routing`, and the dollars they cost."""
+    if routing == "random":
+        chosen = random_routing(trajs, distilled, budget, oracle, seed)
+        return chosen, sum(usd[t] for t in chosen if chosen[t] is not distilled[t])
+    chosen, run = route(trajs, distilled, oracle, budget, routing)
+    return chosen, run.cost_usd
 
 
 def random_routing(trajs, distilled, budget: Budget, oracle: RecordedOracle, seed: int) -> dict:
