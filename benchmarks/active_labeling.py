@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import claim_results  # benchmarks/ is on sys.path
 
 from critstep.distill.active import suggest, trajectory_embeddings
 from critstep.distill.dataset import build_dataset
@@ -30,7 +31,7 @@ from critstep.distill.features import FeatureConfig, FeatureExtractor, parse_gro
 from critstep.distill.metrics import evaluate_selections
 from critstep.distill.train import selections_from_proba
 from critstep.formats import read_trajectories
-from critstep.io import portable_path, write_json
+from critstep.io import portable_path, write_result
 from critstep.labels import read_labels
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmark"
@@ -47,11 +48,12 @@ def main() -> None:
                     help="the pool is revealed in this many equal shares; the first share is random and the same for both orders")
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--classifier", default="hgb")
-    ap.add_argument("--groups", default="semantic,structural", help="feature groups (default: the distilled selector's default)")
+    ap.add_argument("--groups", default=",".join(FeatureConfig().groups), help="feature groups (default: the distilled selector's default)")
     ap.add_argument("--calibration-folds", type=int, default=0,
                     help="inner folds for Platt calibration of each round's model (0: the classifier's own probabilities; faster)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    claim_results("active_labeling", args.out / "active_labeling.json", args.out / "active_labeling.png")
 
     from sklearn.model_selection import GroupKFold
 
@@ -68,10 +70,8 @@ def main() -> None:
 
     def fit(ids: list[str], seed: int) -> StepClassifier:
         idx = np.concatenate([rows_of[i] for i in ids])
-        # critical against the rest, as the saved figures were measured (the shipped model now learns the categories)
-        clf = StepClassifier(classifier=args.classifier, calibration_folds=args.calibration_folds, ratio=args.ratio, random_state=seed,
-                             targets="binary")
-        return clf.fit(data.X[idx], data.y[idx], groups=data.groups[idx])
+        clf = StepClassifier(classifier=args.classifier, calibration_folds=args.calibration_folds, ratio=args.ratio, random_state=seed)
+        return clf.fit(data.X[idx], data.y[idx], groups=data.groups[idx], categories=data.categories[idx])
 
     def proba(clf: StepClassifier, ids: list[str]) -> dict[str, np.ndarray]:
         idx = np.concatenate([rows_of[i] for i in ids])
@@ -119,7 +119,6 @@ def main() -> None:
     final = float(mean["random"][-1])
     reach = {o: next((shares[i] for i, f in enumerate(mean[o]) if f >= final), None) for o in ORDERS}
     result = {
-        "benchmark": "active_labeling",
         "data": portable_path(args.data),
         "trajectories": len(by_id),
         "folds": args.folds,
@@ -140,7 +139,7 @@ def main() -> None:
         "target_met": reach["active"] is not None and reach["active"] <= 0.6,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "active_labeling.json", result)
+    write_result(args.out / "active_labeling.json", "active_labeling", result)
     plot(result, args.out / "active_labeling.png")
     print(f"{'labeled':>8} {'active F1':>10} {'random F1':>10}")
     for i, share in enumerate(shares):

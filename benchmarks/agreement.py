@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _results import claim_results  # benchmarks/ is on sys.path
 
 from critstep.distill.dataset import StepDataset, dataset_of, labeled_trajectories
 from critstep.distill.estimator import StepClassifier, group_slices, make_base
@@ -64,7 +65,7 @@ from critstep.distill.metrics import evaluate_selections
 from critstep.distill.policy import fit_policy
 from critstep.distill.train import cross_validate
 from critstep.formats import read_trajectories
-from critstep.io import write_json
+from critstep.io import write_result
 from critstep.labels import read_labels
 from critstep.selection import Selection, select_top
 
@@ -369,7 +370,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--table", action="store_true", help="print the saved results and exit")
     args = parser.parse_args()
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    claim_results("agreement", args.out)
+    results = json.loads(args.out.read_text()) if args.out.exists() and args.out.stat().st_size else {}
     if args.table:
         print(table(results))
         return
@@ -414,7 +416,7 @@ def main() -> None:
                               "paired_44": paired_f1(ceiling, labels, paired_ids) if paired_ids else None}
         results.setdefault(args.protocol, {})[name + suffix] = entry
         print(table({args.protocol: {name + suffix: entry}}), flush=True)
-        write_json(args.out, results)  # after every candidate: a long run keeps what it finished
+        write_result(args.out, "agreement", results)  # after every candidate: a long run keeps what it finished
     print(f"\nwrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
 
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import claim_results  # benchmarks/ is on sys.path
 
 from critstep.distill.dataset import build_dataset
 from critstep.distill.estimator import StepClassifier
@@ -33,7 +34,7 @@ from critstep.distill.features import FeatureConfig, FeatureExtractor, parse_gro
 from critstep.distill.metrics import evaluate_selections
 from critstep.distill.train import selections_from_proba
 from critstep.formats import read_trajectories
-from critstep.io import portable_path, write_json
+from critstep.io import portable_path, write_result
 from critstep.labels import read_labels
 from critstep.selector.cascade import Budget, RecordedOracle, route
 from critstep.selector.oracle import OracleConfig, OracleLabeler
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--groups", default=",".join(FeatureConfig().groups), help="feature groups (default: the distilled selector's default)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    claim_results("cascade_budget", args.out / "cascade_budget.json", args.out / "cascade_budget.png")
 
     from sklearn.model_selection import GroupKFold
 
@@ -117,7 +119,6 @@ def main() -> None:
                 for routing, per in per_routing.items()}
 
     result = {
-        "benchmark": "cascade_budget",
         "data": portable_path(args.data),
         "trajectories": len(gold),
         "steps": int(len(data.y)),
@@ -136,7 +137,7 @@ def main() -> None:
         result["requeried"] = {"second": portable_path(second_path), "trajectories": len(paired),
                                "answers": {a: mean_curves(requeried[a]) for a in ANSWERS}}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "cascade_budget.json", result)
+    write_result(args.out / "cascade_budget.json", "cascade_budget", result)
     plot(result, args.out / "cascade_budget.png")
     print(f"{'share':>6} " + " ".join(f"{r + ' F1':>16}" for r in ROUTINGS) + f" {'$/1k (disagr.)':>15}")
     for i, share in enumerate(SHARES):

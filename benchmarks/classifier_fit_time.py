@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import claim_results  # benchmarks/ is on sys.path
 
 from critstep.distill.estimator import TARGETS, StepClassifier
 from critstep.distill.persistence import default_model_dir, load_model
-from critstep.io import write_json
+from critstep.io import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "classifier_fit_time.json")
     args = parser.parse_args()
+    claim_results("classifier_fit_time", args.out)
     rows = load_model(default_model_dir()).training_rows()
     seconds: dict[str, list[float]] = {t: [] for t in TARGETS}
     steps_per_second: dict[str, list[float]] = {t: [] for t in TARGETS}
@@ -51,7 +53,7 @@ def main() -> None:
               "scoring_steps_per_second": steps_per_second}
     print(f"fit, categories / binary: {np.mean(ratios):.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)}); scoring: "
           + ", ".join(f"{t} {np.mean(v):,.0f} steps/s" for t, v in steps_per_second.items()))
-    write_json(args.out, result)
+    write_result(args.out, "classifier_fit_time", result)
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
 
 

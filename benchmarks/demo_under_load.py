@@ -143,7 +143,9 @@ def main() -> None:
         "speedup": ratio,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    from critstep.io import write_result
+
+    write_result(RESULTS, "demo_under_load", result)
     print(f"saved {RESULTS.relative_to(ROOT)}")
 
 

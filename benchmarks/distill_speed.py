@@ -17,7 +17,6 @@ Prints figures and writes benchmarks/results/distill_speed.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import resource
@@ -26,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from _results import claim_results  # benchmarks/ is on sys.path
 
 from critstep.distill.features import FeatureConfig, FeatureExtractor, hidden, progress, semantic, structural, token
 from critstep.formats import read_trajectories
+from critstep.io import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=token.DEFAULT_WINDOW_TOKENS)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "distill_speed.json")
     args = parser.parse_args()
+    claim_results("distill_speed", args.out)
 
     corpus = read_trajectories(args.shared / "corpus.jsonl")
     sample = random.Random(0).sample(corpus, args.sample)
@@ -196,7 +198,7 @@ def main() -> None:
           f"${p['distilled_usd_per_1k_all_features']:.3f} (all) of CPU at ${compute}/h; GPT-4o "
           f"${result['gpt4o']['sync_usd_per_1k']:.2f} sync, ${result['gpt4o']['batch_usd_per_1k']:.2f} batch ({source})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, "distill_speed", result)
     print(f"wrote {args.out}")
 
 

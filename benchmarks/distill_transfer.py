@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import claim_results  # benchmarks/ is on sys.path
 
 from critstep.distill.adapt import ADAPT_WEIGHT, env_cuts, refit
 from critstep.distill.dataset import build_dataset
@@ -30,7 +31,7 @@ from critstep.distill.estimator import StepClassifier
 from critstep.distill.features import FeatureConfig, FeatureExtractor
 from critstep.distill.persistence import TrainingRows
 from critstep.formats import read_trajectories
-from critstep.io import write_json
+from critstep.io import write_result
 from critstep.labels import read_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--envs", default=",".join(ENVS), help="envs to leave out (the others' saved results are kept)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "distill_transfer.json")
     args = parser.parse_args()
+    claim_results("distill_transfer", args.out)
 
     corpus = read_trajectories(args.shared / "corpus.jsonl")
     labels = read_labels(args.shared / "seed_labels.jsonl", corpus)
@@ -100,7 +102,7 @@ def main() -> None:
     for env in [e.strip() for e in args.envs.split(",") if e.strip()]:
         start = time.perf_counter()
         result["envs"][env] = one_env(env, data, rows, args) | {"seconds": time.perf_counter() - start}
-        write_json(args.out, result)
+        write_result(args.out, "distill_transfer", result)
     print(f"wrote {args.out}")
 
 

@@ -40,6 +40,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from _results import claim_results  # benchmarks/ is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "benchmark"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -78,6 +80,7 @@ def main() -> None:
 
     args.config = resolve_config(args.config)
     suffix = f"-{args.tag}" if args.tag else ""
+    claim_results("downstream", args.out / f"downstream{suffix}.json", args.out / f"downstream{suffix}.png")
     if args.plot_only:
         result = json.loads((args.out / f"downstream{suffix}.json").read_text())
         plot(result, args.out / f"downstream{suffix}.png")
@@ -110,9 +113,9 @@ def main() -> None:
 
     result = report(split, selections, evaluations, args, timings, time.perf_counter() - started)
     args.out.mkdir(parents=True, exist_ok=True)
-    from critstep.io import write_json
+    from critstep.io import write_result
 
-    write_json(args.out / f"downstream{suffix}.json", result)
+    write_result(args.out / f"downstream{suffix}.json", "downstream", result)
     plot(result, args.out / f"downstream{suffix}.png")
     print_table(result)
     print("\n" + markdown_table(result))
@@ -386,7 +389,6 @@ def report(split: dict[str, Any], selections: dict[str, Any], evaluations: dict[
         models[name] = entry
     config = tune_config(args)
     return {
-        "benchmark": "downstream",
         "model": config.model,
         "config": args.config.name,
         "tuning": {"mode": config.mode, "optimizer_steps": args.steps, "seed": args.seed, "max_seq_len": config.max_seq_len,

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _results import claim_results
 from agreement import (  # benchmarks/ is on sys.path
     MODES,
     PROTOCOLS,
@@ -65,7 +66,7 @@ from critstep.distill.estimator import StepClassifier, group_slices
 from critstep.distill.policy import fit_policy
 from critstep.distill.train import cross_validate, cv_splits
 from critstep.formats import read_trajectories
-from critstep.io import claim_output_dir, write_json
+from critstep.io import claim_output_dir, write_result
 from critstep.labels import read_labels
 from critstep.models import sentence_model_path
 from critstep.trajectory import Trajectory
@@ -361,7 +362,8 @@ def main() -> None:
     rownum = np.arange(len(gbm.y), dtype=float).reshape(-1, 1)
     by_id = {t.id: t for t in trajectories}
     paired_ids = [i for i in second if i in by_id]
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    claim_results("agreement", args.out)  # its rows join agreement.py's
+    results = json.loads(args.out.read_text()) if args.out.exists() and args.out.stat().st_size else {}
     for name in [c.strip() for c in args.candidates.split(",") if c.strip()]:
         kind = CANDIDATES[name]
         X = rownum if kind == "encoder" else np.hstack([gbm.X, rownum])
@@ -375,7 +377,7 @@ def main() -> None:
                                  "encoder": {k: v for k, v in meta.items() if k != "limits"} | ({"blend_weights": chosen} if chosen else {})}
         results.setdefault("dev", {})[name] = entry
         print(table({"dev": {name: entry}}), flush=True)
-        write_json(args.out, results)
+        write_result(args.out, "agreement", results)
 
 
 if __name__ == "__main__":

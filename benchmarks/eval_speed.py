@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _results import claim_results  # benchmarks/ is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "benchmark"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -35,13 +37,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    claim_results("eval_speed", args.out / "eval_speed.json")
 
     import torch
 
     from critstep.evaluation.local import LocalModel
     from critstep.evaluation.offline import spread_steps
     from critstep.formats import read_trajectories
-    from critstep.io import write_json
+    from critstep.io import write_result
     from critstep.labels import read_labels
 
     torch.set_num_threads(args.threads)
@@ -63,7 +66,6 @@ def main() -> None:
     same = sum(a == b for a, b in zip(outputs["critstep"], outputs["per-step generate"], strict=True))
     summary = {name: {k: sum(x[k] for x in rs) / len(rs) for k in rs[0]} for name, rs in runs.items()}
     result = {
-        "benchmark": "eval_speed",
         "model": args.model,
         "trajectories": len(trajectories), "steps": n_steps, "envs": list(ENVS),
         "settings": {"max_len": args.max_len, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "threads": args.threads,
@@ -75,7 +77,7 @@ def main() -> None:
         "machine": "shared 2-core CPU machine, loaded by other jobs (ratios measured side by side)",
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "eval_speed.json", result)
+    write_result(args.out / "eval_speed.json", "eval_speed", result)
     print(f"critstep {summary['critstep']['steps_per_s']:.3f} steps/s (generation {summary['critstep']['generation_share']:.0%}), "
           f"per-step generate {summary['per-step generate']['steps_per_s']:.3f} steps/s: {result['speedup']:.2f}x; "
           f"identical generations {result['identical_generations']}")

@@ -30,10 +30,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import claim_results  # benchmarks/ is on sys.path
 
 from critstep.distill.metrics import evaluate_selections
 from critstep.formats import read_trajectories, write_trajectories
-from critstep.io import write_json
+from critstep.io import write_result
 from critstep.labels import TrajectoryLabels, read_labels
 from critstep.selection import Selection
 from critstep.selector import build_selector
@@ -175,7 +176,7 @@ def save(args: argparse.Namespace, rows: list[dict], ids: list[str], skipped: di
         "servers": rows,
         "skipped": skipped,
     }  # fmt: skip
-    write_json(args.out, result)
+    write_result(args.out, "oracle_servers", result)
     print(f"wrote {args.out}")
 
 
@@ -190,6 +191,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds one server may take for the whole sample")
     parser.add_argument("--out", type=Path, default=RESULTS / "oracle_servers.json")
     args = parser.parse_args()
+    claim_results("oracle_servers", args.out)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server too when killed
 
     trajs, gold = sample(args.shared, args.n, args.seed, args.max_steps)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from critstep.configs import resolve_config
 from critstep.distill.persistence import default_model_dir
+from critstep.io import check_result_paths, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "benchmark"
@@ -225,6 +226,7 @@ def main() -> None:
     compute = yaml.safe_load(resolve_config("configs/compute_prices.yaml").read_text())
     work = args.work or Path(tempfile.mkdtemp(prefix="critstep-scale-"))
     work.mkdir(parents=True, exist_ok=True)
+    check_result_paths("scale", RESULTS)
     result: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     result["machine"] = f"{os.cpu_count()} cores, shared; load average at start {os.getloadavg()[0]:.1f}"
     if not args.skip_memory:
@@ -238,7 +240,7 @@ def main() -> None:
     result["load_average_at_end"] = round(os.getloadavg()[0], 1)
     result["plan_10m"] = plan(result.get("throughput"), compute["cpu"]["usd_per_hour"], compute["gpu"]["usd_per_hour"], args.gpu_tokens_per_s)
     print(json.dumps(result["plan_10m"], indent=2))
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(RESULTS, "scale", result)
     print(f"saved {RESULTS.relative_to(REPO)}")
 
 

@@ -341,9 +341,9 @@ def main() -> None:
           f"peak memory {results[0][memory_key]:.2f} vs {results[1][memory_key]:.2f} GiB")
     name = f"tuner_speed-{args.gpu_shape}" if args.gpu_shape else "tuner_speed" if variants[1] == "baseline" else "tuner_speed-dtypes"
     out = ROOT / "benchmarks" / "results" / f"{name}.json"
-    from critstep.io import write_json
+    from critstep.io import write_result
 
-    write_json(out, {"setup": {k: v for k, v in spec.items() if k != "windows"} | {"windows": len(windows), "label": label},
+    write_result(out, "tuner_speed", {"setup": {k: v for k, v in spec.items() if k != "windows"} | {"windows": len(windows), "label": label},
                      "results": results, "speedup": speedup, "speedup_per_round": spread})
     print(f"wrote {out}")
 

@@ -305,7 +305,7 @@ def main() -> None:
     import torch
 
     from critstep.formats import write_trajectories
-    from critstep.io import write_json
+    from critstep.io import write_result
     from critstep.models import load_tokenizer
     from critstep.selection import Selection
     from critstep.tuner.config import TuneConfig
@@ -358,7 +358,7 @@ def main() -> None:
     import trl
 
     out = ROOT / "benchmarks" / "results" / (f"tuner_vs_trl-{args.gpu_shape}.json" if args.gpu_shape else "tuner_vs_trl.json")
-    write_json(out, {"setup": {k: v for k, v in spec.items() if k not in ("selection", "model")} | {
+    write_result(out, "tuner_vs_trl", {"setup": {k: v for k, v in spec.items() if k not in ("selection", "model")} | {
                          "label": label, "model": args.gpu_shape or args.model, "trajectories": len(trajectories), "rounds": args.rounds,
                          "warmup_steps_untimed": args.warmup, "compute_dtype": dtype, "device": device, "trl": trl.__version__},
                      "results": results, "tokens_per_s_ratio": ratios, "peak_memory_ratio": memory, "masks": masks})

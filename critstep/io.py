@@ -556,6 +556,38 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
+def check_result_paths(benchmark: str, result: str | Path, *beside: str | Path) -> None:
+    """Before a benchmark's work: refuse to replace what it did not write. `result` (its JSON) must
+    be absent, empty, or an earlier result of `benchmark`; each file `beside` it (a plot) may only
+    be replaced next to such a result, so a folder of the user's own files is never written over."""
+    result = Path(result)
+    ours = _holds_result(result, benchmark)
+    if ours is False:
+        raise OutputError(f"exists and is not a result of benchmarks/{benchmark}.py; it is not replaced: "
+                          "remove it or give another --out", result)
+    for path in map(Path, beside):
+        if path.exists() and ours is not True:
+            raise OutputError(f"exists beside no result of benchmarks/{benchmark}.py; it is not replaced: "
+                              "remove it or give another --out", path)
+
+
+def write_result(path: str | Path, benchmark: str, value: dict[str, Any]) -> None:
+    """Write a benchmark's result as JSON, marked as `benchmark`'s, after `check_result_paths`."""
+    check_result_paths(benchmark, path)
+    write_json(path, {"benchmark": benchmark} | value)
+
+
+def _holds_result(path: Path, benchmark: str) -> bool | None:
+    """True for `benchmark`'s JSON result, None for no file (or an empty one), False otherwise."""
+    try:
+        if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+            return None
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(value, dict) and value.get("benchmark") == benchmark
+
+
 def write_json(path: str | Path, value: Any) -> None:
     with atomic_write(path) as f:
         f.write(_dumps(value, indent=2) + "\n")

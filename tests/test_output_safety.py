@@ -5,12 +5,24 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
 
 from critstep.errors import OutputError
-from critstep.io import OUTPUT_MARKER, atomic_dir, atomic_write, claim_output_dir, output_kind, write_json
+from critstep.io import (
+    OUTPUT_MARKER,
+    atomic_dir,
+    atomic_write,
+    check_result_paths,
+    claim_output_dir,
+    output_kind,
+    write_json,
+    write_result,
+)
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_a_symlink_is_followed_and_its_target_replaced(tmp_path: Path) -> None:
@@ -207,3 +219,50 @@ def test_label_refuses_a_file_it_did_not_write_before_any_request(tmp_path: Path
                                       "--model", "m", "--cache", str(tmp_path / "cache.jsonl")], env={"OPENAI_API_KEY": "sk-test"})
     assert result.exit_code == 1 and "does not replace files it did not write" in result.output, result.output
     assert target.read_text() == '{"note": "mine"}\n'
+
+
+# -- benchmark result files: an --out replaces only the same benchmark's earlier result ----------
+def test_a_benchmark_result_replaces_its_own_earlier_result_and_is_marked(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    write_result(out, "speed", {"x": 1})
+    write_result(out, "speed", {"x": 2})
+    assert json.loads(out.read_text()) == {"benchmark": "speed", "x": 2}
+    (tmp_path / "empty.json").write_text("")
+    write_result(tmp_path / "empty.json", "speed", {})  # an empty file holds nothing to lose
+
+
+@pytest.mark.parametrize("theirs", ["my notes\n", '{"benchmark": "other"}', "[1, 2]", '{"x": 1}'])
+def test_a_benchmark_never_replaces_a_file_it_did_not_write(tmp_path: Path, theirs: str) -> None:
+    out = tmp_path / "speed.json"
+    out.write_text(theirs)
+    with pytest.raises(OutputError, match="not a result of benchmarks/speed.py"):
+        write_result(out, "speed", {"x": 1})
+    assert out.read_text() == theirs
+
+
+def test_a_plot_is_replaced_only_beside_the_benchmarks_own_result(tmp_path: Path) -> None:
+    result, plot = tmp_path / "speed.json", tmp_path / "speed.png"
+    plot.write_bytes(b"their picture")
+    with pytest.raises(OutputError, match="beside no result"):
+        check_result_paths("speed", result, plot)
+    write_json(result, {"benchmark": "speed"})
+    check_result_paths("speed", result, plot)
+    check_result_paths("speed", tmp_path / "new.json", tmp_path / "new.png")  # nothing there yet
+
+
+@pytest.mark.parametrize("script, out", [("classifier_fit_time.py", "theirs.json"), ("cascade_budget.py", "folder")])
+def test_a_benchmark_script_refuses_in_one_line_before_any_work(tmp_path: Path, script: str, out: str) -> None:
+    import subprocess
+
+    theirs = tmp_path / "theirs.json"
+    theirs.write_text("my results\n")
+    if out == "folder":  # a folder of the user's with a plot of the benchmark's name, and no result
+        (tmp_path / "folder").mkdir()
+        (tmp_path / "folder" / "cascade_budget.png").write_bytes(b"their picture")
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--out", str(tmp_path / out), *(["--data", str(tmp_path)] if out == "folder" else [])],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "is not replaced" in lines[0], proc.stderr
+    assert theirs.read_text() == "my results\n"
+    assert out != "folder" or (tmp_path / "folder" / "cascade_budget.png").read_bytes() == b"their picture"
