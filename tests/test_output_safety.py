@@ -231,6 +231,11 @@ def test_a_benchmark_result_replaces_its_own_earlier_result_and_is_marked(tmp_pa
     write_result(tmp_path / "empty.json", "speed", {})  # an empty file holds nothing to lose
 
 
+def test_a_benchmark_result_is_written_through_a_device_without_reading_it() -> None:
+    check_result_paths("speed", os.devnull, os.devnull)  # reading /dev/stdout could wait on the terminal
+    write_result(os.devnull, "speed", {"x": 1})
+
+
 @pytest.mark.parametrize("theirs", ["my notes\n", '{"benchmark": "other"}', "[1, 2]", '{"x": 1}'])
 def test_a_benchmark_never_replaces_a_file_it_did_not_write(tmp_path: Path, theirs: str) -> None:
     out = tmp_path / "speed.json"
