@@ -577,6 +577,13 @@ def write_result(path: str | Path, benchmark: str, value: dict[str, Any]) -> Non
     write_json(path, {"benchmark": benchmark} | value)
 
 
+def read_result(path: str | Path, benchmark: str) -> dict[str, Any]:
+    """The earlier result that a benchmark adding to its file extends, read after
+    `check_result_paths`: {} where there is none (no file, an empty one, a device)."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if _holds_result(path, benchmark) else {}
+
+
 def _holds_result(path: Path, benchmark: str) -> bool | None:
     """True for `benchmark`'s JSON result, None where nothing would be replaced (no file, an empty
     one, a device or FIFO: written through, and never read, which could block), False otherwise."""
