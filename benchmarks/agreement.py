@@ -49,7 +49,6 @@ The ranker needs `lightgbm` (`pip install -e ".[bench]"`); heldout.jsonl is neve
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,7 +64,7 @@ from critstep.distill.metrics import evaluate_selections
 from critstep.distill.policy import fit_policy
 from critstep.distill.train import cross_validate
 from critstep.formats import read_trajectories
-from critstep.io import write_result
+from critstep.io import read_result, write_result
 from critstep.labels import read_labels
 from critstep.selection import Selection, select_top
 
@@ -371,7 +370,7 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the saved results and exit")
     args = parser.parse_args()
     claim_results("agreement", args.out)
-    results = json.loads(args.out.read_text()) if args.out.exists() and args.out.stat().st_size else {}
+    results = read_result(args.out, "agreement")
     if args.table:
         print(table(results))
         return

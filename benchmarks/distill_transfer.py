@@ -18,7 +18,6 @@ Writes benchmarks/results/distill_transfer.json; heldout.jsonl is never read.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from critstep.distill.estimator import StepClassifier
 from critstep.distill.features import FeatureConfig, FeatureExtractor
 from critstep.distill.persistence import TrainingRows
 from critstep.formats import read_trajectories
-from critstep.io import write_result
+from critstep.io import read_result, write_result
 from critstep.labels import read_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,10 +94,9 @@ def main() -> None:
     data = build_dataset(FeatureExtractor(config, progress=True), corpus, labels)
     rows = {t.id: np.flatnonzero(data.groups == t.id) for t in data.trajectories}
     result: dict = {"features": list(config.groups), "draws": args.draws, "ratio": args.ratio, "adapt": f"refit, weight {ADAPT_WEIGHT:g}", "envs": {}}
-    if args.out.exists():
-        saved = json.loads(args.out.read_text())
-        if {k: saved.get(k) for k in ("features", "draws", "ratio", "adapt")} == {k: result[k] for k in ("features", "draws", "ratio", "adapt")}:
-            result["envs"] = saved["envs"]  # same settings: keep the envs this run does not redo
+    saved = read_result(args.out, "distill_transfer")
+    if {k: saved.get(k) for k in ("features", "draws", "ratio", "adapt")} == {k: result[k] for k in ("features", "draws", "ratio", "adapt")}:
+        result["envs"] = saved["envs"]  # same settings: keep the envs this run does not redo
     for env in [e.strip() for e in args.envs.split(",") if e.strip()]:
         start = time.perf_counter()
         result["envs"][env] = one_env(env, data, rows, args) | {"seconds": time.perf_counter() - start}

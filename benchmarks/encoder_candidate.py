@@ -66,7 +66,7 @@ from critstep.distill.estimator import StepClassifier, group_slices
 from critstep.distill.policy import fit_policy
 from critstep.distill.train import cross_validate, cv_splits
 from critstep.formats import read_trajectories
-from critstep.io import claim_output_dir, write_result
+from critstep.io import claim_output_dir, read_result, write_result
 from critstep.labels import read_labels
 from critstep.models import sentence_model_path
 from critstep.trajectory import Trajectory
@@ -345,6 +345,7 @@ def main() -> None:
     parser.add_argument("--candidates", default=",".join(CANDIDATES))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    claim_results("agreement", args.out)  # its rows join agreement.py's
     corpus = read_trajectories(args.shared / "corpus.jsonl")
     labels = read_labels(args.shared / "seed_labels.jsonl", corpus)
     second = read_labels(args.shared / "seed_labels_second.jsonl", corpus)
@@ -362,8 +363,7 @@ def main() -> None:
     rownum = np.arange(len(gbm.y), dtype=float).reshape(-1, 1)
     by_id = {t.id: t for t in trajectories}
     paired_ids = [i for i in second if i in by_id]
-    claim_results("agreement", args.out)  # its rows join agreement.py's
-    results = json.loads(args.out.read_text()) if args.out.exists() and args.out.stat().st_size else {}
+    results = read_result(args.out, "agreement")
     for name in [c.strip() for c in args.candidates.split(",") if c.strip()]:
         kind = CANDIDATES[name]
         X = rownum if kind == "encoder" else np.hstack([gbm.X, rownum])

@@ -29,9 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import claim_results  # benchmarks/ is on sys.path
+
 from critstep.configs import resolve_config
 from critstep.distill.persistence import default_model_dir
-from critstep.io import check_result_paths, write_result
+from critstep.io import read_result, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "benchmark"
@@ -221,13 +223,13 @@ def main() -> None:
     args = parser.parse_args()
     if not (SHARED / "corpus.jsonl").exists():
         raise SystemExit(f"needs the shared benchmark data at {SHARED}")
+    claim_results("scale", RESULTS)
     import yaml
 
     compute = yaml.safe_load(resolve_config("configs/compute_prices.yaml").read_text())
     work = args.work or Path(tempfile.mkdtemp(prefix="critstep-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    check_result_paths("scale", RESULTS)
-    result: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    result = read_result(RESULTS, "scale")
     result["machine"] = f"{os.cpu_count()} cores, shared; load average at start {os.getloadavg()[0]:.1f}"
     if not args.skip_memory:
         result["memory"] = memory(work, [int(m) for m in args.multiples.split(",")], args.batch_size)

@@ -566,7 +566,7 @@ def check_result_paths(benchmark: str, result: str | Path, *beside: str | Path) 
         raise OutputError(f"exists and is not a result of benchmarks/{benchmark}.py; it is not replaced: "
                           "remove it or give another --out", result)
     for path in map(Path, beside):
-        if path.exists() and ours is not True:
+        if path.exists() and not writes_through(path) and ours is not True:
             raise OutputError(f"exists beside no result of benchmarks/{benchmark}.py; it is not replaced: "
                               "remove it or give another --out", path)
 
@@ -577,10 +577,18 @@ def write_result(path: str | Path, benchmark: str, value: dict[str, Any]) -> Non
     write_json(path, {"benchmark": benchmark} | value)
 
 
+def read_result(path: str | Path, benchmark: str) -> dict[str, Any]:
+    """The earlier result that a benchmark adding to its file extends, read after
+    `check_result_paths`: {} where there is none (no file, an empty one, a device)."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if _holds_result(path, benchmark) else {}
+
+
 def _holds_result(path: Path, benchmark: str) -> bool | None:
-    """True for `benchmark`'s JSON result, None for no file (or an empty one), False otherwise."""
+    """True for `benchmark`'s JSON result, None where nothing would be replaced (no file, an empty
+    one, a device or FIFO: written through, and never read, which could block), False otherwise."""
     try:
-        if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        if not path.exists() or writes_through(path) or (path.is_file() and path.stat().st_size == 0):
             return None
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -18,6 +18,7 @@ from critstep.io import (
     check_result_paths,
     claim_output_dir,
     output_kind,
+    read_result,
     write_json,
     write_result,
 )
@@ -231,6 +232,21 @@ def test_a_benchmark_result_replaces_its_own_earlier_result_and_is_marked(tmp_pa
     write_result(tmp_path / "empty.json", "speed", {})  # an empty file holds nothing to lose
 
 
+def test_a_benchmark_that_adds_to_its_result_reads_none_from_an_empty_file_or_a_device(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    assert read_result(out, "speed") == {}
+    out.write_text("")
+    assert read_result(out, "speed") == {}
+    assert read_result(os.devnull, "speed") == {}
+    write_result(out, "speed", {"x": 1})
+    assert read_result(out, "speed") == {"benchmark": "speed", "x": 1}
+
+
+def test_a_benchmark_result_is_written_through_a_device_without_reading_it() -> None:
+    check_result_paths("speed", os.devnull, os.devnull)  # reading /dev/stdout could wait on the terminal
+    write_result(os.devnull, "speed", {"x": 1})
+
+
 @pytest.mark.parametrize("theirs", ["my notes\n", '{"benchmark": "other"}', "[1, 2]", '{"x": 1}'])
 def test_a_benchmark_never_replaces_a_file_it_did_not_write(tmp_path: Path, theirs: str) -> None:
     out = tmp_path / "speed.json"
@@ -250,8 +266,9 @@ def test_a_plot_is_replaced_only_beside_the_benchmarks_own_result(tmp_path: Path
     check_result_paths("speed", tmp_path / "new.json", tmp_path / "new.png")  # nothing there yet
 
 
-@pytest.mark.parametrize("script, out", [("classifier_fit_time.py", "theirs.json"), ("cascade_budget.py", "folder")])
-def test_a_benchmark_script_refuses_in_one_line_before_any_work(tmp_path: Path, script: str, out: str) -> None:
+@pytest.mark.parametrize("script, out, data", [("classifier_fit_time.py", "theirs.json", None), ("encoder_candidate.py", "theirs.json", "--shared"),
+                                               ("cascade_budget.py", "folder", "--data")])
+def test_a_benchmark_script_refuses_in_one_line_before_any_work(tmp_path: Path, script: str, out: str, data: str | None) -> None:
     import subprocess
 
     theirs = tmp_path / "theirs.json"
@@ -259,7 +276,7 @@ def test_a_benchmark_script_refuses_in_one_line_before_any_work(tmp_path: Path, 
     if out == "folder":  # a folder of the user's with a plot of the benchmark's name, and no result
         (tmp_path / "folder").mkdir()
         (tmp_path / "folder" / "cascade_budget.png").write_bytes(b"their picture")
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--out", str(tmp_path / out), *(["--data", str(tmp_path)] if out == "folder" else [])],
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--out", str(tmp_path / out), *([data, str(tmp_path)] if data else [])],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
