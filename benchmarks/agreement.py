@@ -409,10 +409,10 @@ def main() -> None:
         entry = summarize(cv) | {"trajectories": len(trajectories), "columns": int(data.X.shape[1]),
                                  "feature_seconds": feature_seconds, "cv_seconds": time.perf_counter() - start}
         entry["paired_44"] = {mode: paired_f1(cv["selections"][mode], labels, paired_ids) for mode in MODES} if paired_ids else {}
-        ceiling = teacher_k(cv, data, labels)
-        m = evaluate_selections(ceiling, {t.id: labels[t.id] for t in trajectories}, by_id)
+        given_count = teacher_k(cv, data, labels)
+        m = evaluate_selections(given_count, {t.id: labels[t.id] for t in trajectories}, by_id)
         entry["teacher_k"] = {"f1": m["f1"], "macro_f1": m["macro_f1"], "per_env_f1": {e: v["f1"] for e, v in m["per_env"].items()},
-                              "paired_44": paired_f1(ceiling, labels, paired_ids) if paired_ids else None}
+                              "paired_44": paired_f1(given_count, labels, paired_ids) if paired_ids else None}
         results.setdefault(args.protocol, {})[name + suffix] = entry
         print(table({args.protocol: {name + suffix: entry}}), flush=True)
         write_result(args.out, "agreement", results)  # after every candidate: a long run keeps what it finished
