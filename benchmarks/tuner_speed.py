@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _results import claim_results  # benchmarks/ is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 # Model shapes with random weights. "tiny" exists to check this code path on any machine.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -299,6 +301,10 @@ def main() -> None:
     if args.worker:
         print(json.dumps(run_variant(json.loads(Path(args.worker).read_text()))))
         return
+    variants = args.variants.split(",")
+    name = f"tuner_speed-{args.gpu_shape}" if args.gpu_shape else "tuner_speed" if variants[1] == "baseline" else "tuner_speed-dtypes"
+    out = ROOT / "benchmarks" / "results" / f"{name}.json"
+    claim_results("tuner_speed", out)
 
     with tempfile.TemporaryDirectory(prefix="tuner-speed-") as tmp:
         workdir = Path(tmp)
@@ -318,7 +324,6 @@ def main() -> None:
                 "batch_tokens": batch_tokens, "attn": args.attn, "dtype": args.dtype}
         # Variants alternate over rounds (each on the next stretch of the same data), so a machine
         # whose load drifts during the run (a shared one) does not favour whichever ran first.
-        variants = args.variants.split(",")
         runs = [launch({**spec, "variant": v, "dtype": v.split(":")[1] if ":" in v else args.dtype,
                         "offset": r * (steps + args.warmup)}, workdir)
                 for r in range(args.rounds) for v in variants]
@@ -339,8 +344,6 @@ def main() -> None:
     speedup = results[0]["tokens_per_s"] / results[1]["tokens_per_s"]
     print(f"{variants[0]} / {variants[1]} tokens/s: {speedup:.2f}x (per round: {', '.join(f'{x:.2f}' for x in spread)}); "
           f"peak memory {results[0][memory_key]:.2f} vs {results[1][memory_key]:.2f} GiB")
-    name = f"tuner_speed-{args.gpu_shape}" if args.gpu_shape else "tuner_speed" if variants[1] == "baseline" else "tuner_speed-dtypes"
-    out = ROOT / "benchmarks" / "results" / f"{name}.json"
     from critstep.io import write_result
 
     write_result(out, "tuner_speed", {"setup": {k: v for k, v in spec.items() if k != "windows"} | {"windows": len(windows), "label": label},

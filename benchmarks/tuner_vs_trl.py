@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import claim_results  # noqa: E402
 from tuner_speed import _rss_reset, _status_kb, random_model_dir  # noqa: E402  (the peak-RSS helpers, the GPU shapes)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,6 +302,8 @@ def main() -> None:
     if args.worker:
         worker(Path(args.worker))
         return
+    out = ROOT / "benchmarks" / "results" / (f"tuner_vs_trl-{args.gpu_shape}.json" if args.gpu_shape else "tuner_vs_trl.json")
+    claim_results("tuner_vs_trl", out)
 
     import torch
 
@@ -357,7 +360,6 @@ def main() -> None:
           f"input ids identical in {masks['identical_input_ids']}/{masks['trajectories']}")
     import trl
 
-    out = ROOT / "benchmarks" / "results" / (f"tuner_vs_trl-{args.gpu_shape}.json" if args.gpu_shape else "tuner_vs_trl.json")
     write_result(out, "tuner_vs_trl", {"setup": {k: v for k, v in spec.items() if k not in ("selection", "model")} | {
                          "label": label, "model": args.gpu_shape or args.model, "trajectories": len(trajectories), "rounds": args.rounds,
                          "warmup_steps_untimed": args.warmup, "compute_dtype": dtype, "device": device, "trl": trl.__version__},
