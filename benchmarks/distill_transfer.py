@@ -8,7 +8,8 @@ env are labeled (random draws) and the model is adapted to them exactly as `crit
 env's own cut from the refit's out-of-fold probabilities); the rest of the env is scored, next to
 the unadapted model on the same trajectories (paired). F1 is micro over the scored trajectories'
 steps, in each model's default mode (the adapted env in threshold mode with its own cut);
-mean ± std over the draws.
+mean ± std over the draws. With 0 labels it also records the F1 when each trajectory gets the
+teacher's own number of steps (`f1_teacher_k`, a diagnostic): how much of the loss is the count.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distill_transfer.py [--draws 5] [--envs sciworld,tau-airline]
 
@@ -32,6 +33,7 @@ from critstep.distill.persistence import TrainingRows
 from critstep.formats import read_trajectories
 from critstep.io import read_result, write_result
 from critstep.labels import read_labels
+from critstep.selection import select_top
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVS = ("alfworld", "qa-search", "sciworld", "tau-airline")
@@ -61,8 +63,12 @@ def one_env(env: str, data, rows: dict, args: argparse.Namespace) -> dict:  # ty
     own = [t.id for t in data.trajectories if t.env == env]
     base_rows = training(others, 1.0)
     base = StepClassifier(ratio=args.ratio).fit(base_rows.X, base_rows.y, groups=base_rows.groups, categories=base_rows.categories)
-    entry: dict = {"trajectories": len(own), "labels_0": {"f1": scored(base, own), "mode": base.policy_.mode}}
-    print(f"{env:<12} 0 labels: F1 {entry['labels_0']['f1']:.3f} ({base.policy_.mode} mode)", flush=True)
+    # With the teacher's own number of steps per trajectory (a diagnostic: no policy knows it), what
+    # is left of the gap is the ranking's, which steps, and not the count's.
+    gold = [data.y[rows[i]] for i in own]
+    given_count = f1([select_top(base.predict_proba(data.X[rows[i]])[:, 1], int(g.sum())) for i, g in zip(own, gold, strict=True)], gold)
+    entry: dict = {"trajectories": len(own), "labels_0": {"f1": scored(base, own), "mode": base.policy_.mode, "f1_teacher_k": given_count}}
+    print(f"{env:<12} 0 labels: F1 {entry['labels_0']['f1']:.3f} ({base.policy_.mode} mode; {given_count:.3f} with the teacher's count)", flush=True)
     for k in SHOTS:
         runs: dict[str, list[float]] = {"base": [], "adapted": []}
         for d in range(args.draws):
