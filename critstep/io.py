@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from critstep.errors import InputError, OutputError
 
@@ -561,12 +561,12 @@ def check_result_paths(benchmark: str, result: str | Path, *beside: str | Path) 
     be absent, empty, or an earlier result of `benchmark`; each file `beside` it (a plot) may only
     be replaced next to such a result, so a folder of the user's own files is never written over."""
     result = Path(result)
-    ours = _holds_result(result, benchmark)
-    if ours is False:
+    earlier = _earlier_result(result, benchmark)
+    if earlier is False:
         raise OutputError(f"exists and is not a result of benchmarks/{benchmark}.py; it is not replaced: "
                           "remove it or give another --out", result)
     for path in map(Path, beside):
-        if path.exists() and not writes_through(path) and ours is not True:
+        if path.exists() and not writes_through(path) and earlier is None:
             raise OutputError(f"exists beside no result of benchmarks/{benchmark}.py; it is not replaced: "
                               "remove it or give another --out", path)
 
@@ -580,20 +580,20 @@ def write_result(path: str | Path, benchmark: str, value: dict[str, Any]) -> Non
 def read_result(path: str | Path, benchmark: str) -> dict[str, Any]:
     """The earlier result that a benchmark adding to its file extends, read after
     `check_result_paths`: {} where there is none (no file, an empty one, a device)."""
-    path = Path(path)
-    return json.loads(path.read_text(encoding="utf-8")) if _holds_result(path, benchmark) else {}
+    return _earlier_result(Path(path), benchmark) or {}
 
 
-def _holds_result(path: Path, benchmark: str) -> bool | None:
-    """True for `benchmark`'s JSON result, None where nothing would be replaced (no file, an empty
-    one, a device or FIFO: written through, and never read, which could block), False otherwise."""
+def _earlier_result(path: Path, benchmark: str) -> dict[str, Any] | None | Literal[False]:
+    """`benchmark`'s JSON result at `path`; None where nothing would be replaced (no file, an empty
+    one, a device or FIFO: written through, and never read, which could block); False for anything
+    else."""
     try:
         if not path.exists() or writes_through(path) or (path.is_file() and path.stat().st_size == 0):
             return None
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(value, dict) and value.get("benchmark") == benchmark
+    return value if isinstance(value, dict) and value.get("benchmark") == benchmark else False
 
 
 def write_json(path: str | Path, value: Any) -> None:
